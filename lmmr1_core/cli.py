@@ -1,0 +1,123 @@
+"""The ``lmmr1`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from lmmr1_core.errors import LmmError
+
+
+def _quiet_libraries() -> None:
+    """Our progress bar is the one that matters; silence the libraries' bars and chatter."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+class _Group(click.Group):
+    """User errors print one line; no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LmmError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted; run the same command again to resume", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="lmmr1")
+def main() -> None:
+    """lmmr1: verifiable-reward RL for (multimodal) language models, built from plugins."""
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a key, e.g. stages.rl.steps=2")
+@click.option("--output-dir", default=None, help="where runs/<name>/ goes (default: the file's output_dir)")
+@click.option("--fresh", is_flag=True, help="delete this run's outputs and start over")
+def run(file: str, overrides: tuple[str, ...], output_dir: str | None, fresh: bool) -> None:
+    """Run every stage of FILE; finished stages are skipped, an interrupted one resumes."""
+    from lmmr1_core.config import load_config
+    from lmmr1_core.run import run as run_stages
+
+    cfg = load_config(file, list(overrides))
+    _quiet_libraries()
+    run_dir = run_stages(cfg, file, fresh=fresh, output_dir=output_dir)
+    click.echo(f"done: {run_dir}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+def validate(file: str, overrides: tuple[str, ...]) -> None:
+    """Check FILE (schema, plugin names, data files) without loading a model."""
+    from lmmr1_core.config import load_config
+    from lmmr1_core.run import validate as validate_run
+
+    cfg = load_config(file, list(overrides))
+    _quiet_libraries()
+    for line in validate_run(cfg, file):
+        click.echo(line)
+    click.echo(f"{file}: ok")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def plugins(as_json: bool) -> None:
+    """List loaded plugins: distribution, version and what each registered."""
+    from lmmr1_core.plugins import plugin_report
+
+    report = plugin_report()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for p in report:
+        if "error" in p:
+            click.echo(f"{p['name']} ({p['distribution']}): FAILED TO LOAD: {p['error']}")
+            continue
+        click.echo(f"{p['name']} ({p['distribution']} {p['version']})")
+        for kind, names in sorted(p["registered"].items()):
+            click.echo(f"  {kind}: {', '.join(names)}")
+
+
+@main.command("tiny-model")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--kind", type=click.Choice(["text", "vl"]), default="text", show_default=True)
+@click.option("--hidden", default=128, show_default=True, help="hidden size (a multiple of 32)")
+@click.option("--layers", default=2, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def tiny_model(directory: str, kind: str, hidden: int, layers: int, seed: int) -> None:
+    """Write a tiny random HF model (weights, tokenizer, chat template[, processor]) to DIRECTORY."""
+    if hidden % 32:
+        raise click.BadParameter("must be a multiple of 32 (head size 32)", param_hint="--hidden")
+    _quiet_libraries()
+    from lmmr1_core.tiny_model import build_tiny_model
+
+    path = build_tiny_model(directory, kind, hidden=hidden, layers=layers, seed=seed)
+    click.echo(f"wrote a tiny {kind} model to {path}")
+
+
+@main.command()
+def reference() -> None:
+    """Print the stage-file reference (every key, its type, default and meaning)."""
+    from lmmr1_core.config import reference_text
+
+    click.echo(reference_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""The stage file: a YAML document validated by pydantic before any model is loaded.
+
+Every field is documented here and only here; ``lmmr1 reference`` prints these descriptions as
+the stage-file reference. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lmmr1_core.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    backend: str = Field("hf", description="model backend plugin name (`hf`)")
+    path: str = Field(description="local HF directory or hub id of the starting weights")
+    tiny: Literal["text", "vl"] | None = Field(
+        None, description="build a tiny random model of this kind at `path` if it does not exist"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="`auto`: float32 on CPU, bfloat16 on GPU"
+    )
+    device: str = Field("auto", description="`auto`, `cpu`, `cuda`, `cuda:1`, ...")
+    min_pixels: int | None = Field(None, description="image processor lower bound on pixels per image")
+    max_pixels: int | None = Field(None, description="image processor upper bound on pixels per image")
+    gradient_checkpointing: bool = False
+
+
+class DataSpec(BaseModel):
+    """One dataset of a stage; every key except `dataset` configures the loader."""
+
+    model_config = ConfigDict(extra="allow")
+    dataset: str = Field(description="dataset plugin name (`jsonl`, `arithmetic`, ...)")
+
+    def loader_config(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RewardSpec(BaseModel):
+    """One reward; every key except `name`, `weight` and `timeout_s` configures the reward."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    weight: float = 1.0
+    timeout_s: float = Field(10.0, gt=0, description="per-sample time limit; a hung verifier scores 0")
+
+    def reward_config(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class KLConfig(_Strict):
+    coef: float = Field(0.0, ge=0, description="0 turns KL off (no reference model is kept)")
+    estimator: Literal["k1", "k2", "k3"] = "k3"
+
+
+class AlgorithmConfig(BaseModel):
+    """The algorithm plugin and its options; keys other than these go to the plugin."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "grpo"
+    group_size: int = Field(4, ge=1, description="completions sampled per prompt")
+    kl: KLConfig = KLConfig()
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = "token_mean"
+
+    def algorithm_config(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class GenerationConfig(_Strict):
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_prompt_length: int = Field(2048, ge=1, description="longer prompts are dropped and counted")
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(1e-6, gt=0)
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = Field(1.0, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+
+
+class StageConfig(_Strict):
+    kind: str = Field(description="stage kind plugin: `rl`, `sft`")
+    init_from: str | None = Field(None, description="start from this stage's final weights")
+    data: list[DataSpec] = Field(min_length=1)
+    steps: int = Field(ge=1, description="optimizer steps")
+    batch_size: int = Field(4, ge=1, description="prompts per step (rl) or samples per step (sft)")
+    micro_batch_size: int = Field(8, ge=1, description="sequences per forward/backward")
+    system_prompt: str | None = None
+    seed: int = 0
+    save_every: int = Field(10, ge=1, description="checkpoint every N steps (and at the end)")
+    optim: OptimConfig = OptimConfig()
+    # rl
+    rewards: list[RewardSpec] = Field(default_factory=list)
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    generation: GenerationConfig = GenerationConfig()
+    samples_every: int = Field(1, ge=1, description="write samples.jsonl every N steps")
+    # sft
+    target_template: str = Field(
+        "<answer>{answer}</answer>",
+        description="sft target text; `{answer}` and any sample column can be used",
+    )
+
+
+class RunConfig(_Strict):
+    name: str = Field(description="run name; outputs go to `<output_dir>/<name>/<stage>/`")
+    model: ModelConfig
+    output_dir: str = "runs"
+    stages: dict[str, StageConfig] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError("must be a plain directory name")
+        return v
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as a YAML scalar)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected dotted.key=value")
+    key, value = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text!r}: empty key")
+    return parts, yaml.safe_load(value) if value.strip() else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for p in parts[:-1]:
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {p!r} is not a mapping")
+            node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {text!r}: cannot set a key inside a non-mapping")
+        node[parts[-1]] = value
+    return data
+
+
+def _format_validation(path: str, err: ValidationError) -> str:
+    lines = [f"{path}: invalid stage file"]
+    for e in err.errors():
+        key = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see docs/stage-file.md)"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a stage file; the error names the file and key."""
+    path = str(path)
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such stage file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = apply_overrides(data, overrides or [])
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation(path, err)) from None
+    stage_order(cfg, path)
+    return cfg
+
+
+def stage_order(cfg: RunConfig, path: str = "stage file") -> list[str]:
+    """Stages in dependency order (``init_from`` edges); a cycle or dangling edge is an error."""
+    for name, st in cfg.stages.items():
+        if st.init_from is not None and st.init_from not in cfg.stages:
+            raise ConfigError(
+                f"{path}: stages.{name}.init_from: no stage named {st.init_from!r} "
+                f"(stages: {', '.join(cfg.stages)})"
+            )
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = trail[trail.index(name) :] + [name]
+            raise ConfigError(f"{path}: stages: init_from forms a cycle: {' -> '.join(cycle)}")
+        state[name] = 1
+        parent = cfg.stages[name].init_from
+        if parent is not None:
+            visit(parent, trail + [name])
+        state[name] = 2
+        order.append(name)
+
+    for name in cfg.stages:
+        visit(name, [])
+    return order
+
+
+def reference_text() -> str:
+    """The stage-file reference, read from the models above (the one place fields are documented)."""
+    sections = [
+        ("top level", RunConfig),
+        ("model", ModelConfig),
+        ("stages.<name>", StageConfig),
+        ("stages.<name>.data[]", DataSpec),
+        ("stages.<name>.rewards[]", RewardSpec),
+        ("stages.<name>.algorithm", AlgorithmConfig),
+        ("stages.<name>.algorithm.kl", KLConfig),
+        ("stages.<name>.generation", GenerationConfig),
+        ("stages.<name>.optim", OptimConfig),
+    ]
+    out = []
+    for title, model in sections:
+        out.append(f"{title}:" + (f"  ({model.__doc__.strip().splitlines()[0]})" if model.__doc__ else ""))
+        for name, f in model.model_fields.items():
+            default = "required" if f.is_required() else f"default {f.get_default(call_default_factory=True)!r}"
+            ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+            desc = f" — {f.description}" if f.description else ""
+            out.append(f"  {name}: {ann}, {default}{desc}")
+    return "\n".join(out)

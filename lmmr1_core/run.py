@@ -1,0 +1,135 @@
+"""Run a stage file: stages in dependency order, finished ones skipped, interrupted ones resumed."""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmmr1_core import load_dataset, load_model
+from lmmr1_core.checkpoint import atomic_write_text, latest_checkpoint
+from lmmr1_core.config import RunConfig, StageConfig, stage_order
+from lmmr1_core.errors import ConfigError, DataError, LmmError
+from lmmr1_core.metrics import RunLog
+from lmmr1_core.plugins import get_plugin_manager, lookup
+from lmmr1_core.trainer import StageContext
+from lmmr1_core.types import Sample
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    return path.count("/") == 1 and not path.startswith((".", "/", "~"))
+
+
+def check_plugins(cfg: RunConfig, path: str) -> None:
+    """Every plugin name the file uses exists (the error says which key names it)."""
+
+    def check(kind: str, name: str, key: str) -> None:
+        try:
+            lookup(kind, name)
+        except LmmError as exc:
+            raise ConfigError(f"{path}: {key}: {exc}") from None
+
+    check("models", cfg.model.backend, "model.backend")
+    for sname, st in cfg.stages.items():
+        check("stages", st.kind, f"stages.{sname}.kind")
+        for i, d in enumerate(st.data):
+            check("datasets", d.dataset, f"stages.{sname}.data.{i}.dataset")
+        if st.kind == "rl":
+            check("algorithms", st.algorithm.name, f"stages.{sname}.algorithm.name")
+            if not st.rewards:
+                raise ConfigError(f"{path}: stages.{sname}.rewards: an rl stage needs at least one reward")
+        for i, r in enumerate(st.rewards):
+            check("rewards", r.name, f"stages.{sname}.rewards.{i}.name")
+
+
+def check_model_path(cfg: RunConfig, path: str) -> str:
+    p = cfg.model.path
+    if Path(p).exists():
+        return f"model: {p}"
+    if cfg.model.tiny:
+        return f"model: {p} (a tiny {cfg.model.tiny} model will be built there)"
+    if _looks_like_hub_id(p):
+        return f"model: {p} (hub id; loaded from the local Hugging Face cache, not checked here)"
+    raise ConfigError(f"{path}: model.path: {p} does not exist (set model.tiny to build a tiny model there)")
+
+
+def load_stage_data(stage_name: str, stage: StageConfig, path: str) -> list[Sample]:
+    samples: list[Sample] = []
+    for i, spec in enumerate(stage.data):
+        try:
+            samples += load_dataset(spec.dataset, **spec.loader_config())
+        except LmmError as exc:
+            raise DataError(f"{path}: stages.{stage_name}.data.{i}: {exc}") from None
+        except TypeError as exc:  # a key the loader does not take
+            raise ConfigError(f"{path}: stages.{stage_name}.data.{i}: {exc}") from None
+    if not samples:
+        raise DataError(f"{path}: stages.{stage_name}.data: no samples")
+    return samples
+
+
+def validate(cfg: RunConfig, path: str) -> list[str]:
+    """Everything that can be checked without loading a model; returns a human summary."""
+    order = stage_order(cfg, path)
+    check_plugins(cfg, path)
+    lines = [check_model_path(cfg, path)]
+    for name in order:
+        st = cfg.stages[name]
+        n = len(load_stage_data(name, st, path))
+        src = f" from {st.init_from}" if st.init_from else ""
+        lines.append(f"stage {name}: {st.kind}{src}, {st.steps} steps, {n} samples")
+    return lines
+
+
+def _model_kwargs(cfg: RunConfig, path: str) -> dict[str, Any]:
+    m = cfg.model
+    kw: dict[str, Any] = {"path": path, "dtype": m.dtype, "device": m.device}
+    for key in ("min_pixels", "max_pixels"):
+        if getattr(m, key) is not None:
+            kw[key] = getattr(m, key)
+    if m.gradient_checkpointing:
+        kw["gradient_checkpointing"] = True
+    return kw
+
+
+def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None = None) -> Path:
+    order = stage_order(cfg, path)
+    check_plugins(cfg, path)
+    check_model_path(cfg, path)
+    run_dir = Path(output_dir or cfg.output_dir) / cfg.name
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    if cfg.model.tiny and not Path(cfg.model.path).exists():
+        from lmmr1_core.tiny_model import build_tiny_model
+
+        print(f"building a tiny {cfg.model.tiny} model at {cfg.model.path}", file=sys.stderr)
+        build_tiny_model(cfg.model.path, cfg.model.tiny)
+    hook = get_plugin_manager().hook
+    for name in order:
+        st = cfg.stages[name]
+        out = run_dir / name
+        if (out / "final").exists():
+            print(f"stage {name}: finished earlier ({out / 'final'}), skipping", file=sys.stderr)
+            continue
+        init = str(run_dir / st.init_from / "final") if st.init_from else cfg.model.path
+        found = latest_checkpoint(out)
+        if found:
+            print(f"stage {name}: resuming after step {found[0]} from {found[1]}", file=sys.stderr)
+        samples = load_stage_data(name, st, path)
+        backend = load_model(cfg.model.backend, **_model_kwargs(cfg, str(found[1]) if found else init))
+        ctx = StageContext(name, st, cfg, out, backend, samples, init, hook)
+        ctx.log = RunLog(out)
+        try:
+            lookup("stages", st.kind).obj(ctx)
+        finally:
+            ctx.log.close()
+        hook.on_stage_end(stage=name, output_dir=str(out), metrics=dict(ctx.counters))
+        print(f"stage {name}: done -> {out / 'final'}", file=sys.stderr)
+        del ctx, backend
+        gc.collect()
+    return run_dir

@@ -1,0 +1,157 @@
+"""What the rl and sft stages share: the stage context, optimizer, data order, checkpoints, resume."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmmr1_core.checkpoint import (
+    atomic_dir,
+    latest_checkpoint,
+    prune_checkpoints,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    truncate_jsonl,
+)
+from lmmr1_core.config import RunConfig, StageConfig
+from lmmr1_core.errors import DataError
+from lmmr1_core.metrics import RunLog
+from lmmr1_core.types import Sample
+
+
+@dataclass
+class StageContext:
+    """Everything a stage runner needs; built by ``run.run_stage``."""
+
+    name: str
+    config: StageConfig
+    run: RunConfig
+    out_dir: Path
+    backend: Any
+    samples: list[Sample]
+    init_path: str  # the weights this stage started from (the KL reference)
+    hook: Any  # pluggy hook relay, for the event hooks
+    log: RunLog | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
+
+
+class DataOrder:
+    """A reshuffled pass per epoch, addressed by position so a resumed run sees the same order."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self._epoch = -1
+        self._perm: np.ndarray | None = None
+
+    def index(self, position: int) -> int:
+        epoch = position // self.n
+        if epoch != self._epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._epoch = epoch
+        return int(self._perm[position % self.n])
+
+
+def next_prompts(ctx: StageContext, order: DataOrder, position: int, count: int, max_len: int):
+    """``count`` encodable samples from ``position`` on: (samples, prompts, new position).
+
+    A prompt over ``max_len`` tokens is dropped and counted (never truncated through an image);
+    a sample whose image cannot be read is reported with its id and skipped.
+    """
+    samples, prompts = [], []
+    tried = 0
+    while len(samples) < count:
+        if tried >= 2 * len(ctx.samples) and not samples:
+            raise DataError(f"stage {ctx.name}: no usable sample among {len(ctx.samples)} (see warnings above)")
+        sample = ctx.samples[order.index(position)]
+        position += 1
+        tried += 1
+        messages = with_system_prompt(sample.messages, ctx.config.system_prompt)
+        try:
+            prompt = ctx.backend.encode(messages, sample.images, sample.id)
+        except DataError as exc:
+            ctx.count("data/bad_samples")
+            print(f"warning: skipping {exc}", file=sys.stderr)
+            continue
+        if len(prompt.input_ids) > max_len:
+            ctx.count("data/dropped_long_prompts")
+            continue
+        samples.append(sample)
+        prompts.append(prompt)
+    return samples, prompts, position
+
+
+def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    if not system_prompt or (messages and messages[0].get("role") == "system"):
+        return messages
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def make_optimizer(ctx: StageContext):
+    o = ctx.config.optim
+    optimizer = ctx.backend.make_optimizer(o.lr, o.weight_decay, o.betas)
+    warmup = o.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+    )
+    return optimizer, scheduler
+
+
+def save_checkpoint(ctx: StageContext, step: int, optimizer, scheduler, position: int) -> None:
+    """HF weights + trainer state under ``checkpoints/step-N``, written atomically; older ones pruned."""
+    final = ctx.out_dir / "checkpoints" / f"step-{step:06d}"
+    with atomic_dir(final) as tmp:
+        ctx.backend.save(tmp)
+        state = {
+            "step": step,
+            "position": position,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "counters": dict(ctx.counters),
+        }
+        torch.save(state, tmp / "trainer_state.pt")
+    prune_checkpoints(ctx.out_dir, keep=1)
+
+
+def resume(ctx: StageContext, optimizer, scheduler) -> tuple[int, int]:
+    """Load the newest checkpoint's optimizer/RNG/data position: (last step, data position).
+
+    The weights were already loaded (the backend was built from the checkpoint directory).
+    """
+    found = latest_checkpoint(ctx.out_dir)
+    seed_everything(ctx.config.seed)
+    if found is None:
+        return 0, 0
+    step, path = found
+    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    ctx.counters.update(state.get("counters", {}))
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        truncate_jsonl(ctx.out_dir / name, step)
+    return step, state["position"]
+
+
+def save_final(ctx: StageContext) -> Path:
+    """The stage's result: an HF checkpoint at ``final/``; its presence marks the stage done."""
+    final = ctx.out_dir / "final"
+    with atomic_dir(final) as tmp:
+        ctx.backend.save(tmp)
+    prune_checkpoints(ctx.out_dir, keep=0)
+    return final
+
+
+def stop_requested(results: list[Any]) -> bool:
+    """An ``on_step_end`` implementation returns True to end the stage early (it is then finished)."""
+    return any(r is True for r in results)

@@ -1,0 +1,1 @@
+"""Built-in plugins, loaded through the ``lmmr1`` entry points like any third-party plugin."""

@@ -1,0 +1,9 @@
+"""Built-in policy-optimisation algorithms."""
+
+from lmmr1_core import hookimpl
+from lmmr1_plugins.algorithms.grpo import GRPO
+
+
+@hookimpl
+def register_algorithms(register):
+    register("grpo", GRPO)

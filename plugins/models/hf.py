@@ -1,0 +1,301 @@
+"""The Hugging Face backend: any causal LM or Qwen2.5-VL through ``from_pretrained``.
+
+Generation with ``generate``; log-probs with a plain forward. Prompts are left-padded and
+completions right-padded, so every completion token sits in the last ``T`` positions and only
+those logits are computed (``logits_to_keep``) — the vocabulary projection is the memory peak.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lmmr1_core.errors import DataError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
+
+
+@dataclass
+class Prompt:
+    """An encoded prompt: token ids plus the image tensors its placeholders stand for."""
+
+    input_ids: list[int]
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def _load_image(image: Any, sample_id: str):
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = str(image)
+    if path.startswith("file://"):
+        path = path[len("file://") :]
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"sample {sample_id}: image file not found: {path}") from None
+    except Exception as exc:
+        raise DataError(f"sample {sample_id}: cannot read image {path}: {exc}") from None
+
+
+class HFBackend:
+    """Policy (and optional frozen reference) as a transformers model on one device."""
+
+    def __init__(
+        self,
+        path: str,
+        dtype: str = "auto",
+        device: str = "auto",
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        gradient_checkpointing: bool = False,
+        **unused: Any,
+    ) -> None:
+        from transformers import AutoConfig, AutoTokenizer
+
+        self.path = str(path)
+        self.device = _pick_device(device)
+        self.dtype = _pick_dtype(dtype, self.device)
+        config = AutoConfig.from_pretrained(self.path)
+        self.is_vl = getattr(config, "vision_config", None) is not None
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, padding_side="left")
+        self.chat_template = self.tokenizer.chat_template or self._chat_template_json()
+        self.processor = None
+        self.image_processor = None
+        if self.is_vl:
+            from transformers import AutoModelForImageTextToText as AutoModel
+
+            self._load_processors(min_pixels, max_pixels)
+            self.image_token = "<|image_pad|>"
+        else:
+            from transformers import AutoModelForCausalLM as AutoModel
+        self.model = AutoModel.from_pretrained(self.path, dtype=self.dtype).to(self.device)
+        self.source_dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.reference: torch.nn.Module | None = None
+        gen = self.model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.eos_ids.add(self.tokenizer.eos_token_id)
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else next(iter(self.eos_ids))
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def _chat_template_json(self) -> str | None:
+        p = Path(self.path) / "chat_template.json"
+        return json.loads(p.read_text())["chat_template"] if p.exists() else None
+
+    def _load_processors(self, min_pixels: int | None, max_pixels: int | None) -> None:
+        """AutoProcessor where torchvision imports; else tokenizer + PIL image processor.
+
+        Qwen2.5-VL's AutoProcessor needs torchvision (its video processor), which has no CPU
+        build for our torch; the fallback expands image placeholders itself, the same way.
+        """
+        from transformers import AutoImageProcessor, AutoProcessor
+
+        kwargs = {k: v for k, v in {"min_pixels": min_pixels, "max_pixels": max_pixels}.items() if v}
+        if importlib.util.find_spec("torchvision") is not None:
+            try:
+                self.processor = AutoProcessor.from_pretrained(self.path, **kwargs)
+                self.image_processor = self.processor.image_processor
+                return
+            except Exception:  # fall through to the torchvision-free path
+                self.processor = None
+        self.image_processor = AutoImageProcessor.from_pretrained(self.path, **kwargs)
+
+    # -- prompts ---------------------------------------------------------------------------------
+
+    def render(self, messages: list[dict[str, Any]]) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, chat_template=self.chat_template
+        )
+
+    def encode(self, messages: list[dict[str, Any]], images: list[Any] = (), sample_id: str = "") -> Prompt:
+        """Render with the chat template; each image placeholder becomes one token per feature."""
+        text = self.render(messages)
+        if not images:
+            return Prompt(self.tokenizer(text, add_special_tokens=False).input_ids)
+        if not self.is_vl:
+            raise DataError(f"sample {sample_id}: has images but model {self.path} is text-only")
+        pil = [_load_image(im, sample_id) for im in images]
+        n_slots = text.count(self.image_token)
+        if n_slots != len(pil):
+            raise DataError(
+                f"sample {sample_id}: {len(pil)} images but {n_slots} image placeholders in its messages"
+            )
+        if self.processor is not None:
+            out = self.processor(text=[text], images=pil, return_tensors="pt")
+            ids = out["input_ids"][0].tolist()
+        else:
+            out = self.image_processor(images=pil, return_tensors="pt")
+            merge = getattr(self.image_processor, "merge_size", 2) ** 2
+            parts = text.split(self.image_token)
+            expanded = parts[0]
+            for grid, part in zip(out["image_grid_thw"], parts[1:]):
+                expanded += self.image_token * int(grid.prod().item() // merge) + part
+            ids = self.tokenizer(expanded, add_special_tokens=False).input_ids
+        return Prompt(ids, out["pixel_values"], out["image_grid_thw"])
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # -- batching --------------------------------------------------------------------------------
+
+    def _batch(self, prompts: list[Prompt], completions: list[list[int]] | None = None) -> dict[str, Any]:
+        """Left-pad prompts, right-pad completions, concatenate images in order."""
+        plen = max(len(p.input_ids) for p in prompts)
+        clen = max((len(c) for c in completions), default=0) if completions else 0
+        ids = torch.full((len(prompts), plen + clen), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            n = len(p.input_ids)
+            ids[i, plen - n : plen] = torch.tensor(p.input_ids)
+            mask[i, plen - n : plen] = 1
+            if completions:
+                c = completions[i]
+                ids[i, plen : plen + len(c)] = torch.tensor(c, dtype=torch.long)
+                mask[i, plen : plen + len(c)] = 1
+        batch: dict[str, Any] = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+        pix = [p.pixel_values for p in prompts if p.pixel_values is not None]
+        if pix:
+            batch["pixel_values"] = torch.cat(pix).to(self.device, self.dtype)
+            batch["image_grid_thw"] = torch.cat([p.image_grid_thw for p in prompts if p.pixel_values is not None]).to(
+                self.device
+            )
+        if not self.is_vl:  # VL models derive (multimodal) positions from the mask themselves
+            batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)
+        return batch
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: list[Prompt], max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0
+    ) -> list[list[int]]:
+        """Sample one completion per prompt; each ends at (and includes) its EOS token."""
+        batch = self._batch(prompts)
+        batch.pop("position_ids", None)
+        self.model.eval()
+        out = self.model.generate(
+            **batch,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=self.pad_id,
+            eos_token_id=sorted(self.eos_ids),
+        )
+        new = out[:, batch["input_ids"].shape[1] :].tolist()
+        completions = []
+        for row in new:
+            cut = next((i + 1 for i, t in enumerate(row) if t in self.eos_ids), len(row))
+            completions.append(row[:cut])
+        return completions
+
+    def logprobs(
+        self,
+        prompts: list[Prompt],
+        completions: list[list[int]],
+        temperature: float = 1.0,
+        reference: bool = False,
+        with_entropy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Per-token log-probs of each completion: ``(logp [B, T], mask [B, T], entropy | None)``."""
+        model = self.reference if reference else self.model
+        if model is None:
+            raise RuntimeError("no reference model: call make_reference() first")
+        batch = self._batch(prompts, completions)
+        T = max(len(c) for c in completions)
+        logits = model(**batch, use_cache=False, logits_to_keep=T + 1).logits[:, :-1].float()
+        logits = logits / temperature
+        targets = batch["input_ids"][:, -T:]
+        mask = batch["attention_mask"][:, -T:].float()
+        logz = torch.logsumexp(logits, dim=-1)
+        logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
+        entropy = None
+        if with_entropy:
+            with torch.no_grad():
+                probs = torch.softmax(logits, dim=-1)
+                entropy = logz - (probs * logits).sum(-1)
+        return logp * mask, mask, entropy
+
+    # -- training --------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        self.model.train()
+
+    def make_reference(self, path: str | None = None) -> None:
+        """A frozen model for the KL term: the weights at ``path``, or a copy of the current policy."""
+        if path is None or Path(path) == Path(self.path):
+            self.reference = copy.deepcopy(self.model)
+        else:
+            self.reference = type(self.model).from_pretrained(str(path), dtype=self.dtype).to(self.device)
+        self.reference.eval().requires_grad_(False)
+
+    def make_optimizer(self, lr: float, weight_decay: float, betas: tuple[float, float]):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+
+    def clip_grad_norm(self, max_norm: float) -> float:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+
+    # -- saving ----------------------------------------------------------------------------------
+
+    def save(self, out_dir: str | Path) -> None:
+        """Write an HF checkpoint that keeps the source's config, tokenizer and processor files verbatim.
+
+        vLLM and transformers then load it exactly as they load the original checkpoint.
+        """
+        out_dir = Path(out_dir)
+        state = self.model.state_dict()
+        if isinstance(self.source_dtype, torch.dtype) and self.source_dtype != self.dtype:
+            state = {k: v.to(self.source_dtype) for k, v in state.items()}
+        self.model.save_pretrained(str(out_dir), state_dict=state)
+        src = Path(self.path)
+        if src.is_dir():
+            for f in src.iterdir():
+                if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and not f.name.startswith("."):
+                    shutil.copy2(f, out_dir / f.name)
+        else:  # a hub id: save what we loaded
+            self.tokenizer.save_pretrained(str(out_dir))
+            if self.processor is not None:
+                self.processor.save_pretrained(str(out_dir))
+            elif self.image_processor is not None:
+                self.image_processor.save_pretrained(str(out_dir))
+
+
+def sequence_logprob(backend: HFBackend, prompt: Prompt, completion: list[int]) -> torch.Tensor:
+    """Log-prob of one completion alone (unpadded): the reference the padded batch must match."""
+    ids = torch.tensor([prompt.input_ids + completion], device=backend.device)
+    kw: dict[str, Any] = {}
+    if prompt.pixel_values is not None:
+        kw = {"pixel_values": prompt.pixel_values.to(backend.device), "image_grid_thw": prompt.image_grid_thw}
+    logits = backend.model(input_ids=ids, use_cache=False, **kw).logits[0].float()
+    logp = F.log_softmax(logits[len(prompt.input_ids) - 1 : -1], dim=-1)
+    return logp.gather(-1, torch.tensor(completion, device=backend.device).unsqueeze(-1)).squeeze(-1)
