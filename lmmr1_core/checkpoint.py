@@ -58,8 +58,10 @@ def latest_checkpoint(stage_dir: Path) -> tuple[int, Path] | None:
 
 def prune_checkpoints(stage_dir: Path, keep: int = 1) -> None:
     root = Path(stage_dir) / "checkpoints"
+    if not root.is_dir():
+        return
     steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)))
-    for _, p in steps[:-keep]:
+    for _, p in steps[: max(len(steps) - keep, 0)]:
         shutil.rmtree(p, ignore_errors=True)
 
 

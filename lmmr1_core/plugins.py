@@ -101,7 +101,7 @@ def registry(kind: str) -> dict[str, Registered]:
     pm = get_plugin_manager()
     found: dict[str, Registered] = {}
     hook = getattr(pm.hook, f"register_{kind}")
-    for impl in reversed(hook.get_hookimpls()):  # registration order
+    for impl in hook.get_hookimpls():  # registration order
         plugin = impl.plugin_name
 
         def register(name: str, obj: Any, _plugin: str = plugin) -> None:

@@ -119,7 +119,7 @@ def run_rl(ctx: StageContext) -> None:
                     stats["kl"] += float((kl.detach() * mask).sum()) / n_tokens
                 loss = aggregate(per_token, mask, algo_cfg.loss_agg, n_tokens, n_seqs)
                 loss.backward()
-                stats["loss"] += float(loss)
+                stats["loss"] += loss.item()
                 stats["entropy"] += float((entropy * mask).sum()) / n_tokens
                 share = float(mask.sum()) / n_tokens
                 stats["clip_frac"] += algo_stats.get("clip_frac", 0.0) * share

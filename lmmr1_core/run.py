@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from lmmr1_core import load_dataset, load_model
-from lmmr1_core.checkpoint import atomic_write_text, latest_checkpoint
+from lmmr1_core.checkpoint import atomic_write_text, latest_checkpoint, truncate_jsonl
 from lmmr1_core.config import RunConfig, StageConfig, stage_order
 from lmmr1_core.errors import ConfigError, DataError, LmmError
 from lmmr1_core.metrics import RunLog
@@ -120,6 +120,8 @@ def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None =
         found = latest_checkpoint(out)
         if found:
             print(f"stage {name}: resuming after step {found[0]} from {found[1]}", file=sys.stderr)
+        for log_name in ("metrics.jsonl", "samples.jsonl"):  # drop steps after the checkpoint
+            truncate_jsonl(out / log_name, found[0] if found else 0)
         samples = load_stage_data(name, st, path)
         backend = load_model(cfg.model.backend, **_model_kwargs(cfg, str(found[1]) if found else init))
         ctx = StageContext(name, st, cfg, out, backend, samples, init, hook)

@@ -53,7 +53,7 @@ def run_sft(ctx: StageContext) -> None:
                 logp, mask, _ = backend.logprobs(prompts[sl], targets[sl])
                 loss = -(logp * mask).sum() / n_tokens
                 loss.backward()
-                loss_sum += float(loss)
+                loss_sum += loss.item()
             grad_norm = backend.clip_grad_norm(cfg.optim.max_grad_norm)
             optimizer.step()
             scheduler.step()

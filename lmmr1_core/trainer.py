@@ -17,7 +17,6 @@ from lmmr1_core.checkpoint import (
     rng_state,
     seed_everything,
     set_rng_state,
-    truncate_jsonl,
 )
 from lmmr1_core.config import RunConfig, StageConfig
 from lmmr1_core.errors import DataError
@@ -138,8 +137,6 @@ def resume(ctx: StageContext, optimizer, scheduler) -> tuple[int, int]:
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     ctx.counters.update(state.get("counters", {}))
-    for name in ("metrics.jsonl", "samples.jsonl"):
-        truncate_jsonl(ctx.out_dir / name, step)
     return step, state["position"]
 
 

@@ -92,6 +92,11 @@ class HFBackend:
             self.image_token = "<|image_pad|>"
         else:
             from transformers import AutoModelForCausalLM as AutoModel
+        # a sampled image placeholder would make the next forward fail (tokens != features)
+        self.suppress = [
+            i for i in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None))
+            if i is not None
+        ]
         self.model = AutoModel.from_pretrained(self.path, dtype=self.dtype).to(self.device)
         self.source_dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         if gradient_checkpointing:
@@ -143,12 +148,12 @@ class HFBackend:
             return Prompt(self.tokenizer(text, add_special_tokens=False).input_ids)
         if not self.is_vl:
             raise DataError(f"sample {sample_id}: has images but model {self.path} is text-only")
-        pil = [_load_image(im, sample_id) for im in images]
         n_slots = text.count(self.image_token)
-        if n_slots != len(pil):
+        if n_slots != len(images):
             raise DataError(
-                f"sample {sample_id}: {len(pil)} images but {n_slots} image placeholders in its messages"
+                f"sample {sample_id}: {len(images)} images but {n_slots} image placeholders in its messages"
             )
+        pil = [_load_image(im, sample_id) for im in images]
         if self.processor is not None:
             out = self.processor(text=[text], images=pil, return_tensors="pt")
             ids = out["input_ids"][0].tolist()
@@ -209,6 +214,7 @@ class HFBackend:
             max_new_tokens=max_new_tokens,
             pad_token_id=self.pad_id,
             eos_token_id=sorted(self.eos_ids),
+            suppress_tokens=self.suppress or None,
         )
         new = out[:, batch["input_ids"].shape[1] :].tolist()
         completions = []

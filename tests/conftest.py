@@ -1,0 +1,47 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))  # tests/helper_plugins.py holds module-level (forkable) test rewards
+
+
+@pytest.fixture(scope="session")
+def tiny_text(tmp_path_factory) -> Path:
+    from lmmr1_core.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-text", "text")
+
+
+@pytest.fixture(scope="session")
+def tiny_vl(tmp_path_factory) -> Path:
+    from lmmr1_core.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-vl", "vl")
+
+
+@pytest.fixture
+def plugin(request):
+    """Register an in-process plugin (a module or class) for one test, unregistered in ``finally``."""
+    from lmmr1_core.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    registered = []
+
+    def add(obj, name=None):
+        registered.append(pm.register(obj, name=name))
+        return obj
+
+    try:
+        yield add
+    finally:
+        for name in registered:
+            pm.unregister(name=name)
+
+
+def write_stage(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
