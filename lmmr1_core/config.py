@@ -229,7 +229,9 @@ def reference_text() -> str:
     for title, model in sections:
         out.append(f"{title}:" + (f"  ({model.__doc__.strip().splitlines()[0]})" if model.__doc__ else ""))
         for name, f in model.model_fields.items():
-            default = "required" if f.is_required() else f"default {f.get_default(call_default_factory=True)!r}"
+            default = (
+                "required" if f.is_required() else f"default {f.get_default(call_default_factory=True)!r}"
+            )
             ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
             desc = f" — {f.description}" if f.description else ""
             out.append(f"  {name}: {ann}, {default}{desc}")

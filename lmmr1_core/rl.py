@@ -37,7 +37,9 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> to
     return torch.exp(log_ratio) - log_ratio - 1
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, n_tokens: float, n_seqs: int) -> torch.Tensor:
+def aggregate(
+    per_token: torch.Tensor, mask: torch.Tensor, how: str, n_tokens: float, n_seqs: int
+) -> torch.Tensor:
     """Reduce a micro-batch's token losses so that summing over micro-batches equals the full-batch loss."""
     if how == "token_mean":
         return (per_token * mask).sum() / n_tokens
@@ -67,7 +69,9 @@ def run_rl(ctx: StageContext) -> None:
         for step in range(start + 1, cfg.steps + 1):
             t0 = time.perf_counter()
             # 1. Rollout: every prompt repeated G times, one sampled completion each.
-            samples, prompts, position = next_prompts(ctx, order, position, cfg.batch_size, gen.max_prompt_length)
+            samples, prompts, position = next_prompts(
+                ctx, order, position, cfg.batch_size, gen.max_prompt_length
+            )
             prompts = [p for p in prompts for _ in range(G)]
             samples = [s for s in samples for _ in range(G)]
             backend.train()
@@ -108,7 +112,9 @@ def run_rl(ctx: StageContext) -> None:
                     prompts[sl], completions[sl], gen.temperature, with_entropy=True
                 )
                 mask = mask * applicable[sl].unsqueeze(-1).to(mask)
-                per_token, algo_stats = algorithm.policy_loss(logp, logp.detach(), advantages[sl].to(logp), mask)
+                per_token, algo_stats = algorithm.policy_loss(
+                    logp, logp.detach(), advantages[sl].to(logp), mask
+                )
                 if use_kl:
                     with torch.no_grad():
                         ref_logp, _, _ = backend.logprobs(
@@ -160,15 +166,22 @@ def run_rl(ctx: StageContext) -> None:
                 ctx.log.samples(
                     step,
                     [
-                        {"id": s.id, "completion": t, "answer": s.answer, "reward": tot,
-                         "rewards": {k: v[j] for k, v in per_reward.items()}}
+                        {
+                            "id": s.id,
+                            "completion": t,
+                            "answer": s.answer,
+                            "reward": tot,
+                            "rewards": {k: v[j] for k, v in per_reward.items()},
+                        }
                         for j, (s, t, tot) in enumerate(zip(samples[:16], texts, totals))
                     ],
                 )
             bar.update(1)
-            bar.set_postfix(reward=f"{metrics['reward/mean'] or 0:.3f}",
-                            kl=f"{metrics['kl']:.4f}" if use_kl else "off",
-                            tok_s=f"{metrics['tokens_per_s']:.0f}")
+            bar.set_postfix(
+                reward=f"{metrics['reward/mean'] or 0:.3f}",
+                kl=f"{metrics['kl']:.4f}" if use_kl else "off",
+                tok_s=f"{metrics['tokens_per_s']:.0f}",
+            )
             if step % cfg.save_every == 0 and step < cfg.steps:
                 save_checkpoint(ctx, step, optimizer, scheduler, position)
             if stop_requested(ctx.hook.on_step_end(stage=ctx.name, step=step, metrics=metrics)):

@@ -41,7 +41,8 @@ def run_sft(ctx: StageContext) -> None:
                 ctx, order, position, cfg.batch_size, cfg.generation.max_prompt_length
             )
             targets = [
-                backend.tokenizer(sft_target(cfg.target_template, s), add_special_tokens=False).input_ids + [eos]
+                backend.tokenizer(sft_target(cfg.target_template, s), add_special_tokens=False).input_ids
+                + [eos]
                 for s in samples
             ]
             n_tokens = float(sum(len(t) for t in targets))

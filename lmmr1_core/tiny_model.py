@@ -139,7 +139,11 @@ def build_tiny_model(
 
             head = 32
             section = [head // 8, head * 3 // 16, head * 3 // 16]  # sums to head/2, as Qwen's [16,24,24]
-            text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section}
+            text["rope_parameters"] = {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": section,
+            }
             cfg = Qwen2_5_VLConfig(
                 text_config=text,
                 vision_config=dict(

@@ -70,7 +70,9 @@ def next_prompts(ctx: StageContext, order: DataOrder, position: int, count: int,
     tried = 0
     while len(samples) < count:
         if tried >= 2 * len(ctx.samples) and not samples:
-            raise DataError(f"stage {ctx.name}: no usable sample among {len(ctx.samples)} (see warnings above)")
+            raise DataError(
+                f"stage {ctx.name}: no usable sample among {len(ctx.samples)} (see warnings above)"
+            )
         sample = ctx.samples[order.index(position)]
         position += 1
         tried += 1

@@ -27,7 +27,10 @@ def text_backend(tiny_text):
 
 def test_padded_batch_logprobs_match_each_sequence_alone(text_backend):
     b = text_backend
-    prompts = [b.encode([{"role": "user", "content": t}]) for t in ["What is 1 + 2?", "Hi", "A much longer prompt here"]]
+    prompts = [
+        b.encode([{"role": "user", "content": t}])
+        for t in ["What is 1 + 2?", "Hi", "A much longer prompt here"]
+    ]
     completions = [[10, 11, 12, 13], [14], [15, 16, 17]]
     assert len({len(p.input_ids) for p in prompts}) == 3  # really padded
     with torch.no_grad():
@@ -56,7 +59,12 @@ def test_vl_image_placeholders_equal_image_features(tiny_vl, tmp_path):
     assert b.is_vl and b.processor is None  # the torchvision-free path on this machine
     img = tmp_path / "red.png"
     Image.new("RGB", (90, 60), (200, 10, 10)).save(img)
-    msgs = [{"role": "user", "content": [{"type": "image", "image": str(img)}, {"type": "text", "text": "color?"}]}]
+    msgs = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": str(img)}, {"type": "text", "text": "color?"}],
+        }
+    ]
     prompt = b.encode(msgs, [str(img)], "s1")
     n_pad = prompt.input_ids.count(b.model.config.image_token_id)
     merge = b.image_processor.merge_size**2
@@ -75,7 +83,9 @@ def test_vl_image_errors_name_the_sample(tiny_vl, tmp_path):
     b = load_model("hf", path=str(tiny_vl))
     bad = tmp_path / "corrupt.png"
     bad.write_bytes(b"not a png")
-    msgs = [{"role": "user", "content": [{"type": "image", "image": str(bad)}, {"type": "text", "text": "?"}]}]
+    msgs = [
+        {"role": "user", "content": [{"type": "image", "image": str(bad)}, {"type": "text", "text": "?"}]}
+    ]
     with pytest.raises(DataError, match=r"sample s9: cannot read image .*corrupt.png"):
         b.encode(msgs, [str(bad)], "s9")
     with pytest.raises(DataError, match="sample s9: 2 images but 1 image placeholders"):

@@ -1,8 +1,8 @@
 import re
 
 import pytest
-
 from helper_plugins import always_one, hangs_on_seven, raises_on_seven, wrong_length
+
 from lmmr1_core import load_reward
 from lmmr1_core.errors import RewardError
 from lmmr1_core.rewards import RewardSet
@@ -68,8 +68,11 @@ def test_trl_reward_function_works_unchanged():
 def test_weighted_total_skips_not_applicable():
     rs = RewardSet([("math", load_reward("math_accuracy"), 0.9, 5.0), ("one", always_one, 0.1, 5.0)])
     try:
-        totals, per = rs(["p"] * 3, ["<answer>2</answer>", "<answer>3</answer>", "x"],
-                         {"answer": ["2", "2", "???"], "id": ["a", "b", "c"]})
+        totals, per = rs(
+            ["p"] * 3,
+            ["<answer>2</answer>", "<answer>3</answer>", "x"],
+            {"answer": ["2", "2", "???"], "id": ["a", "b", "c"]},
+        )
     finally:
         rs.close()
     assert per["math"] == [1.0, 0.0, None]

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from click.testing import CliRunner
-
 from helper_plugins import TestRewardsPlugin
+
 from lmmr1_core import hookimpl
 from lmmr1_core.cli import main
 
@@ -39,11 +39,20 @@ stages:
 """
 
 
-def write(tmp_path, model, steps=3, save_every=2, rewards="{name: math_accuracy}, {name: think_answer_format}",
-          data="{dataset: arithmetic, n: 16, seed: 3}"):
+def write(
+    tmp_path,
+    model,
+    steps=3,
+    save_every=2,
+    rewards="{name: math_accuracy}, {name: think_answer_format}",
+    data="{dataset: arithmetic, n: 16, seed: 3}",
+):
     p = tmp_path / "small.yaml"
-    p.write_text(STAGES.format(model=model, out=tmp_path / "runs", steps=steps, save_every=save_every,
-                               rewards=rewards, data=data))
+    p.write_text(
+        STAGES.format(
+            model=model, out=tmp_path / "runs", steps=steps, save_every=save_every, rewards=rewards, data=data
+        )
+    )
     return p
 
 
@@ -62,8 +71,17 @@ def test_run_writes_outputs_and_rerun_skips_finished_stages(tiny_text, tmp_path)
     rl = tmp_path / "runs/small/rl"
     rows = read_jsonl(rl / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
-    for key in ("reward/mean", "reward/math_accuracy", "reward/think_answer_format", "kl", "loss",
-                "response_length", "tokens_per_s", "step_s", "entropy"):
+    for key in (
+        "reward/mean",
+        "reward/math_accuracy",
+        "reward/think_answer_format",
+        "kl",
+        "loss",
+        "response_length",
+        "tokens_per_s",
+        "step_s",
+        "entropy",
+    ):
         assert key in rows[0], key
     assert rows[0]["kl"] == 0.0  # the reference is the stage's starting weights
     assert all(r["kl"] >= 0 for r in rows)
@@ -89,9 +107,16 @@ def test_run_writes_outputs_and_rerun_skips_finished_stages(tiny_text, tmp_path)
 def test_hanging_and_raising_rewards_do_not_stop_the_run(tiny_text, tmp_path, plugin):
     plugin(TestRewardsPlugin(), name="test_rewards")
     data = tmp_path / "sevens.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"What is {a} + {7 - a}?", "answer": "7"}) + "\n" for a in range(4)))
-    f = write(tmp_path, tiny_text, steps=2, data=f"{{dataset: jsonl, path: {data}}}",
-              rewards="{name: hangs_on_seven, timeout_s: 0.2}, {name: raises_on_seven}, {name: always_one}")
+    data.write_text(
+        "".join(json.dumps({"prompt": f"What is {a} + {7 - a}?", "answer": "7"}) + "\n" for a in range(4))
+    )
+    f = write(
+        tmp_path,
+        tiny_text,
+        steps=2,
+        data=f"{{dataset: jsonl, path: {data}}}",
+        rewards="{name: hangs_on_seven, timeout_s: 0.2}, {name: raises_on_seven}, {name: always_one}",
+    )
     result = lmmr1("run", f)
     assert result.exit_code == 0, result.output
     rows = read_jsonl(tmp_path / "runs/small/rl/metrics.jsonl")

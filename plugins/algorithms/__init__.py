@@ -1,7 +1,8 @@
 """Built-in policy-optimisation algorithms."""
 
-from lmmr1_core import hookimpl
 from lmmr1_plugins.algorithms.grpo import GRPO
+
+from lmmr1_core import hookimpl
 
 
 @hookimpl

@@ -13,8 +13,13 @@ class GRPO:
     they are left out of the group statistics and get advantage 0.
     """
 
-    def __init__(self, clip_eps: float = 0.2, clip_eps_high: float | None = None, scale_rewards: bool = True,
-                 eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        clip_eps: float = 0.2,
+        clip_eps_high: float | None = None,
+        scale_rewards: bool = True,
+        eps: float = 1e-6,
+    ) -> None:
         self.clip_low = clip_eps
         self.clip_high = clip_eps if clip_eps_high is None else clip_eps_high
         self.scale_rewards = scale_rewards

@@ -10,7 +10,11 @@ _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * 
 
 
 def arithmetic(
-    n: int = 1000, seed: int = 0, max_operand: int = 9, ops: str = "+", template: str = "What is {a} {op} {b}?"
+    n: int = 1000,
+    seed: int = 0,
+    max_operand: int = 9,
+    ops: str = "+",
+    template: str = "What is {a} {op} {b}?",
 ) -> list[Sample]:
     """``n`` seeded problems ``a op b`` with operands in ``[0, max_operand]``; same seed, same list."""
     bad = set(ops) - set(_OPS)

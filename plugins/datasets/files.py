@@ -112,9 +112,7 @@ def jsonl(
         if limit is not None and i >= limit:
             break
         where = f"{path}:{lines[i] if i < len(lines) else i + 1}"
-        samples.append(
-            record_to_sample(rec, where, base, messages_key, prompt_key, answer_key, images_key)
-        )
+        samples.append(record_to_sample(rec, where, base, messages_key, prompt_key, answer_key, images_key))
     if not samples:
         raise DataError(f"{path}: no records")
     return samples

@@ -94,7 +94,8 @@ class HFBackend:
             from transformers import AutoModelForCausalLM as AutoModel
         # a sampled image placeholder would make the next forward fail (tokens != features)
         self.suppress = [
-            i for i in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None))
+            i
+            for i in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None))
             if i is not None
         ]
         self.model = AutoModel.from_pretrained(self.path, dtype=self.dtype).to(self.device)
@@ -190,9 +191,9 @@ class HFBackend:
         pix = [p.pixel_values for p in prompts if p.pixel_values is not None]
         if pix:
             batch["pixel_values"] = torch.cat(pix).to(self.device, self.dtype)
-            batch["image_grid_thw"] = torch.cat([p.image_grid_thw for p in prompts if p.pixel_values is not None]).to(
-                self.device
-            )
+            batch["image_grid_thw"] = torch.cat(
+                [p.image_grid_thw for p in prompts if p.pixel_values is not None]
+            ).to(self.device)
         if not self.is_vl:  # VL models derive (multimodal) positions from the mask themselves
             batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)
         return batch

@@ -1,8 +1,9 @@
 """Built-in rule-based rewards. Each is a plain TRL-style callable over completions."""
 
-from lmmr1_core import hookimpl
 from lmmr1_plugins.rewards.format import think_answer_format
 from lmmr1_plugins.rewards.math import math_accuracy
+
+from lmmr1_core import hookimpl
 
 
 @hookimpl
