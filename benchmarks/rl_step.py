@@ -40,7 +40,9 @@ def main() -> None:
 
     _quiet_libraries()
     work = Path(tempfile.mkdtemp(prefix="lmmr1-bench-"))
-    model = args.model or str(build_tiny_model(work / "model", "text", hidden=args.hidden, layers=args.layers))
+    model = args.model or str(
+        build_tiny_model(work / "model", "text", hidden=args.hidden, layers=args.layers)
+    )
     cfg = RunConfig.model_validate(
         {
             "name": "bench",
@@ -70,11 +72,14 @@ def main() -> None:
 
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(yaml.safe_dump({"config": vars(args)}, sort_keys=False).strip())
-    print(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}, torch threads {torch.get_num_threads()}")
+    print(
+        f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}, torch threads {torch.get_num_threads()}"
+    )
     print(f"first step (warm-up): {warm['step_s']:.3f} s")
     print(f"steps averaged: {len(rest)}")
     print(f"tokens/s (prompt+completion): {avg('tokens_per_s'):.0f}")
-    print(f"step seconds: {avg('step_s'):.3f}  (generation {avg('generation_s'):.3f}, training {avg('train_s'):.3f})")
+    gen, train = avg("generation_s"), avg("train_s")
+    print(f"step seconds: {avg('step_s'):.3f}  (generation {gen:.3f}, training {train:.3f})")
     print(f"mean response length: {avg('response_length'):.1f} tokens")
     print(f"peak memory: {peak_rss_gib:.2f} GiB RSS", end="")
     if torch.cuda.is_available():

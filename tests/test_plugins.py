@@ -106,3 +106,31 @@ def test_disable_and_allow_plugins_by_name(monkeypatch):
     finally:
         monkeypatch.undo()
         plugins.reset_plugin_manager()
+
+
+def test_env_plugin_through_the_public_api(plugin):
+    class Counter:
+        """A one-number env: the episode ends when the model says 3."""
+
+        def __init__(self, start=0):
+            self.n = start
+
+        def reset(self, seed=None):
+            return lmmr1_core.Observation(text=str(self.n))
+
+        def step(self, action_text):
+            self.n += 1
+            return lmmr1_core.Observation(text=str(self.n)), float(action_text == "3"), action_text == "3", {}
+
+    class EnvPlugin:
+        @hookimpl
+        def register_envs(self, register):
+            register("counter", Counter)
+
+    plugin(EnvPlugin(), name="envs")
+    env = lmmr1_core.load_env("counter", start=2)
+    assert env.reset().text == "2"
+    assert env.step("3")[1:3] == (1.0, True)
+    report = {p["name"]: p for p in plugins.plugin_report()}
+    assert report["envs"]["registered"] == {"envs": ["counter"]}
+    assert report["envs"]["distribution"] == "(in-process)"

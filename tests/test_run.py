@@ -141,14 +141,24 @@ def test_on_step_end_can_stop_a_stage_early(tiny_text, tmp_path, plugin):
 
     class StopAtTwo:
         @hookimpl
+        def on_stage_start(self, stage, output_dir):
+            seen.append((stage, "start", Path(output_dir).name))
+
+        @hookimpl
         def on_step_end(self, stage, step, metrics):
             seen.append((stage, step))
+            assert "loss" in metrics
             return stage == "rl" and step == 2
+
+        @hookimpl
+        def on_stage_end(self, stage, output_dir):
+            seen.append((stage, "end", (Path(output_dir) / "final").is_dir()))
 
     plugin(StopAtTwo(), name="stopper")
     result = lmmr1("run", write(tmp_path, tiny_text, steps=10))
     assert result.exit_code == 0, result.output
     assert ("rl", 2) in seen and ("rl", 3) not in seen and ("warm", 1) in seen
+    assert seen[0] == ("warm", "start", "warm") and seen[-1] == ("rl", "end", True)
     assert (tmp_path / "runs/small/rl/final").is_dir()
 
 
@@ -175,3 +185,44 @@ def test_killed_run_resumes_from_last_checkpoint(tiny_text, tmp_path):
     steps = [r["step"] for r in read_jsonl(rl / "metrics.jsonl")]
     assert steps == list(range(1, 15))  # no step lost, none duplicated
     assert (rl / "final/model.safetensors").exists()
+
+
+def test_vl_rl_run_skips_corrupt_images_and_long_prompts(tiny_vl, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    for i, color in enumerate([(255, 0, 0), (0, 0, 255)]):
+        Image.new("RGB", (64, 48), color).save(tmp_path / f"img/{i}.png")
+    (tmp_path / "img/bad.png").write_bytes(b"\x89PNG broken")
+    records = [
+        {"id": "red", "prompt": "What colour?", "answer": "red", "images": ["img/0.png"]},
+        {"id": "broken", "prompt": "What colour?", "answer": "red", "images": ["img/bad.png"]},
+        {"id": "blue", "prompt": "What colour?", "answer": "blue", "images": ["file://img/1.png"]},
+        {"id": "long", "prompt": "word " * 300, "answer": "x"},
+    ]
+    data = tmp_path / "vqa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    f = write(
+        tmp_path,
+        tiny_vl,
+        steps=3,
+        data=f"{{dataset: jsonl, path: {data}}}",
+        rewards="{name: think_answer_format}",
+    )
+    f.write_text(
+        f.read_text()
+        .replace("generation: {max_new_tokens: 6}", "generation: {max_new_tokens: 6, max_prompt_length: 120}")
+        .replace("data: [{dataset: arithmetic, n: 16}]", f"data: [{{dataset: jsonl, path: {data}}}]")
+        .replace('target_template: "<think>{reasoning}</think> <answer>{answer}</answer>"', "")
+    )
+    result = lmmr1("run", f)
+    assert result.exit_code == 0, result.output
+    assert "skipping sample broken: cannot read image" in result.output
+    rows = read_jsonl(tmp_path / "runs/small/rl/metrics.jsonl")
+    assert rows[-1]["data/bad_samples"] >= 1 and rows[-1]["data/dropped_long_prompts"] >= 1
+    ids = {s["id"] for s in read_jsonl(tmp_path / "runs/small/rl/samples.jsonl")}
+    assert ids <= {"red", "blue"} and ids
+    final = tmp_path / "runs/small/rl/final"
+    assert (final / "preprocessor_config.json").read_bytes() == (
+        tiny_vl / "preprocessor_config.json"
+    ).read_bytes()
