@@ -40,9 +40,7 @@ def main() -> None:
 
     _quiet_libraries()
     work = Path(tempfile.mkdtemp(prefix="lmmr1-bench-"))
-    model = args.model or str(
-        build_tiny_model(work / "model", "text", hidden=args.hidden, layers=args.layers)
-    )
+    model = args.model or str(build_tiny_model(work / "model", "text", hidden=args.hidden, layers=args.layers))
     cfg = RunConfig.model_validate(
         {
             "name": "bench",
@@ -72,9 +70,7 @@ def main() -> None:
 
     peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(yaml.safe_dump({"config": vars(args)}, sort_keys=False).strip())
-    print(
-        f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}, torch threads {torch.get_num_threads()}"
-    )
+    print(f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}, torch threads {torch.get_num_threads()}")
     print(f"first step (warm-up): {warm['step_s']:.3f} s")
     print(f"steps averaged: {len(rest)}")
     print(f"tokens/s (prompt+completion): {avg('tokens_per_s'):.0f}")

@@ -46,9 +46,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a key, e.g. stages.rl.steps=2"
-)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a key, e.g. stages.rl.steps=2")
 @click.option("--output-dir", default=None, help="where runs/<name>/ goes (default: the file's output_dir)")
 @click.option("--fresh", is_flag=True, help="delete this run's outputs and start over")
 def run(file: str, overrides: tuple[str, ...], output_dir: str | None, fresh: bool) -> None:

@@ -58,17 +58,31 @@ class RewardSpec(BaseModel):
 
 class KLConfig(_Strict):
     coef: float = Field(0.0, ge=0, description="0 turns KL off (no reference model is kept)")
-    estimator: Literal["k1", "k2", "k3"] = "k3"
+    estimator: Literal["k1", "k2", "k3"] = Field("k3", description="k1: log-ratio, k2: squared/2, k3: low-variance")
+    in_reward: bool = Field(
+        False, description="fold -coef*KL into the per-token reward (LMM-R1: k1, 0.001) instead of the loss"
+    )
 
 
 class AlgorithmConfig(BaseModel):
     """The algorithm plugin and its options; keys other than these go to the plugin."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = "grpo"
+    name: str = Field(
+        "grpo",
+        description="algorithm plugin: grpo, dr_grpo, dapo, gspo, rloo, reinforce_pp, "
+        "reinforce_pp_baseline, ppo (see docs/algorithms.md)",
+    )
     group_size: int = Field(4, ge=1, description="completions sampled per prompt")
     kl: KLConfig = KLConfig()
-    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = "token_mean"
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] | None = Field(
+        None, description="how token losses become one number; default: the algorithm's own"
+    )
+    epochs: int = Field(1, ge=1, description="passes over each rollout batch (old log-probs kept)")
+    mini_batches: int = Field(1, ge=1, description="optimizer steps per pass over a rollout batch")
+    max_sampling_rounds: int = Field(
+        4, ge=1, description="dynamic sampling (dapo): rollout rounds tried to fill the batch with informative groups"
+    )
 
     def algorithm_config(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -86,7 +100,13 @@ class OptimConfig(_Strict):
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     max_grad_norm: float = Field(1.0, gt=0)
-    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_lr: float = Field(0.0, ge=0, description="the cosine schedule's floor")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up updates (overrides warmup_ratio)")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="warm-up as a fraction of all updates")
+    freeze: list[str] = Field(
+        default_factory=list, description="parameter-name prefixes kept frozen (e.g. the vision tower: `model.visual`)"
+    )
 
 
 class StageConfig(_Strict):
@@ -188,8 +208,7 @@ def stage_order(cfg: RunConfig, path: str = "stage file") -> list[str]:
     for name, st in cfg.stages.items():
         if st.init_from is not None and st.init_from not in cfg.stages:
             raise ConfigError(
-                f"{path}: stages.{name}.init_from: no stage named {st.init_from!r} "
-                f"(stages: {', '.join(cfg.stages)})"
+                f"{path}: stages.{name}.init_from: no stage named {st.init_from!r} (stages: {', '.join(cfg.stages)})"
             )
     order: list[str] = []
     state: dict[str, int] = {}  # 1 visiting, 2 done
@@ -229,9 +248,7 @@ def reference_text() -> str:
     for title, model in sections:
         out.append(f"{title}:" + (f"  ({model.__doc__.strip().splitlines()[0]})" if model.__doc__ else ""))
         for name, f in model.model_fields.items():
-            default = (
-                "required" if f.is_required() else f"default {f.get_default(call_default_factory=True)!r}"
-            )
+            default = "required" if f.is_required() else f"default {f.get_default(call_default_factory=True)!r}"
             ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
             desc = f" — {f.description}" if f.description else ""
             out.append(f"  {name}: {ann}, {default}{desc}")

@@ -109,8 +109,7 @@ def registry(kind: str) -> dict[str, Registered]:
                 raise PluginError(f"plugin {_plugin!r} registered a {_SINGULAR[kind]} without a name")
             if not callable(obj):
                 raise PluginError(
-                    f"plugin {_plugin!r} registered {_SINGULAR[kind]} {name!r} as {obj!r}, "
-                    "which is not callable"
+                    f"plugin {_plugin!r} registered {_SINGULAR[kind]} {name!r} as {obj!r}, which is not callable"
                 )
             if name in found:
                 raise PluginError(
@@ -137,9 +136,7 @@ def lookup(kind: str, name: str) -> Registered:
         msg += f" (did you mean {hint[0]!r}?)"
     msg += f"; known {kind}: {', '.join(known) if known else '(none)'}"
     if _broken:
-        msg += "".join(
-            f"\nplugin {b.name!r} ({b.distribution}) failed to load: {b.error}" for b in _broken.values()
-        )
+        msg += "".join(f"\nplugin {b.name!r} ({b.distribution}) failed to load: {b.error}" for b in _broken.values())
     raise PluginError(msg)
 
 

@@ -64,9 +64,7 @@ class RewardWorker:
     def _start(self) -> None:
         ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
         parent, child = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=_worker, args=(child, self.fn), daemon=True, name=f"reward-{self.name}"
-        )
+        self._proc = ctx.Process(target=_worker, args=(child, self.fn), daemon=True, name=f"reward-{self.name}")
         self._proc.start()
         child.close()
         self._conn = parent
@@ -130,9 +128,7 @@ class RewardWorker:
             status, value = self._call(prompts[i : i + 1], completions[i : i + 1], cols, self.timeout_s)
         except _Timeout:
             self.stats.timeouts += 1
-            self._note(
-                f"timed out after {self.timeout_s:g}s on sample {columns.get('id', ['?'] * (i + 1))[i]}"
-            )
+            self._note(f"timed out after {self.timeout_s:g}s on sample {columns.get('id', ['?'] * (i + 1))[i]}")
             return 0.0
         if status == "ok":
             return self._check(value, 1)[0]
@@ -161,9 +157,7 @@ class RewardSet:
             per[worker.name] = worker.score(prompts, completions, columns)
         totals: list[float | None] = []
         for i in range(len(completions)):
-            parts = [
-                w * per[k.name][i] for k, w in zip(self.workers, self.weights) if per[k.name][i] is not None
-            ]
+            parts = [w * per[k.name][i] for k, w in zip(self.workers, self.weights) if per[k.name][i] is not None]
             totals.append(sum(parts) if parts else None)
         return totals, per
 

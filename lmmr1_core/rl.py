@@ -1,13 +1,15 @@
 """The ``rl`` stage: generate, score, advantages, loss, step, log, checkpoint — top to bottom.
 
-One rollout batch is used for one optimizer step, so the "old" log-probs equal the current ones
-(detached) and the ratio is 1 at the first and only update; the clipped-ratio form is kept so
-several updates per batch (mini-batches / epochs) only change the loop, not the loss.
+Each step collects one rollout batch (``batch_size`` prompts x ``group_size`` completions), then
+makes ``epochs x mini_batches`` optimizer updates on it. With one update the "old" log-probs are
+the current ones (detached) and no extra forward is spent on them; with more they are computed
+once before the first update and kept, as PPO requires.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
@@ -37,9 +39,7 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> to
     return torch.exp(log_ratio) - log_ratio - 1
 
 
-def aggregate(
-    per_token: torch.Tensor, mask: torch.Tensor, how: str, n_tokens: float, n_seqs: int
-) -> torch.Tensor:
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, n_tokens: float, n_seqs: int) -> torch.Tensor:
     """Reduce a micro-batch's token losses so that summing over micro-batches equals the full-batch loss."""
     if how == "token_mean":
         return (per_token * mask).sum() / n_tokens
@@ -49,139 +49,225 @@ def aggregate(
     return (seq_sum / mask.sum(-1).clamp(min=1)).sum() / n_seqs  # seq_mean_token_mean
 
 
+@dataclass
+class Rollout:
+    samples: list
+    prompts: list
+    completions: list[list[int]]
+    texts: list[str]
+    rewards: torch.Tensor  # [B], NaN where no reward applied
+    per_reward: dict[str, list[float | None]]
+    groups_seen: int
+    groups_dropped: int
+
+
+def collect_rollout(ctx: StageContext, rewards: RewardSet, algorithm, order: DataOrder, position: int):
+    """Sample groups and score them; with dynamic sampling (DAPO) groups whose rewards are all equal
+    carry no signal, so they are dropped and more prompts sampled, up to ``max_sampling_rounds``."""
+    cfg, backend, gen = ctx.config, ctx.backend, ctx.config.generation
+    G = cfg.algorithm.group_size
+    kept: list[tuple] = []
+    dropped: list[tuple] = []
+    seen = 0
+    for _ in range(cfg.algorithm.max_sampling_rounds if algorithm.dynamic_sampling else 1):
+        samples, prompts, position = next_prompts(ctx, order, position, cfg.batch_size, gen.max_prompt_length)
+        samples = [s for s in samples for _ in range(G)]
+        prompts = [p for p in prompts for _ in range(G)]
+        completions = []
+        chunk = cfg.micro_batch_size * 4
+        for i in range(0, len(prompts), chunk):
+            completions += backend.generate(prompts[i : i + chunk], gen.max_new_tokens, gen.temperature, gen.top_p)
+        texts = [backend.decode(c) for c in completions]
+        # TRL's reward contract: dataset columns as keyword lists aligned with the completions.
+        columns = {
+            "answer": [s.answer for s in samples],
+            "images": [s.images for s in samples],
+            "id": [s.id for s in samples],
+            "completion_ids": completions,
+        }
+        for key in {k for s in samples for k in s.meta}:
+            columns[key] = [s.meta.get(key) for s in samples]
+        messages = [with_system_prompt(s.messages, cfg.system_prompt) for s in samples]
+        totals, per_reward = rewards(messages, texts, columns)
+        r = torch.tensor([float("nan") if t is None else t for t in totals])
+        lengths = torch.tensor([len(c) for c in completions])
+        r = algorithm.shape_rewards(r, lengths, gen.max_new_tokens)
+        for g in range(len(samples) // G):
+            sl = slice(g * G, (g + 1) * G)
+            group = (samples[sl], prompts[sl], completions[sl], texts[sl], r[sl],
+                     {k: v[sl] for k, v in per_reward.items()})  # fmt: skip
+            vals = r[sl][~torch.isnan(r[sl])]
+            informative = len(vals) > 1 and bool((vals != vals[0]).any())
+            (kept if informative or not algorithm.dynamic_sampling else dropped).append(group)
+            seen += 1
+        if len(kept) >= cfg.batch_size:
+            break
+    n_dropped = seen - len(kept)
+    kept = (kept + dropped)[: cfg.batch_size]  # too few informative groups: train on what there is
+    return Rollout(
+        samples=[s for g in kept for s in g[0]],
+        prompts=[p for g in kept for p in g[1]],
+        completions=[c for g in kept for c in g[2]],
+        texts=[t for g in kept for t in g[3]],
+        rewards=torch.cat([g[4] for g in kept]),
+        per_reward={k: [v for g in kept for v in g[5][k]] for k in kept[0][5]},
+        groups_seen=seen,
+        groups_dropped=n_dropped,
+    ), position
+
+
+def completion_mask(completions: list[list[int]]) -> torch.Tensor:
+    T = max(len(c) for c in completions)
+    return torch.tensor([[1.0] * len(c) + [0.0] * (T - len(c)) for c in completions])
+
+
+@torch.no_grad()
+def score_tokens(ctx: StageContext, fn, ro: Rollout, T: int) -> torch.Tensor:
+    """Run ``fn(prompts, completions) -> [b, t]`` over micro-batches into one ``[B, T]`` tensor."""
+    out = torch.zeros(len(ro.completions), T)
+    mb = ctx.config.micro_batch_size
+    for i in range(0, len(ro.completions), mb):
+        part = fn(ro.prompts[i : i + mb], ro.completions[i : i + mb]).float().cpu()
+        out[i : i + mb, : part.shape[1]] = part
+    return out
+
+
 def run_rl(ctx: StageContext) -> None:
     cfg, backend = ctx.config, ctx.backend
     algo_cfg, gen = cfg.algorithm, cfg.generation
     G = algo_cfg.group_size
     algorithm = load_algorithm(algo_cfg.name, **algo_cfg.algorithm_config())
+    loss_agg = algo_cfg.loss_agg or algorithm.default_loss_agg
     rewards = RewardSet(
         [(r.name, load_reward(r.name, **r.reward_config()), r.weight, r.timeout_s) for r in cfg.rewards]
     )
-    optimizer, scheduler = make_optimizer(ctx)
+    updates_per_step = algo_cfg.epochs * algo_cfg.mini_batches
+    optimizer, scheduler = make_optimizer(ctx, cfg.steps * updates_per_step)
+    if algorithm.needs_critic:
+        backend.make_critic(algorithm.critic_lr)
     start, position = resume(ctx, optimizer, scheduler)
-    use_kl = algo_cfg.kl.coef > 0
+    kl = algo_cfg.kl
+    use_kl = kl.coef > 0
     if use_kl:
         backend.make_reference(ctx.init_path)  # the stage's starting weights, also after a resume
     order = DataOrder(len(ctx.samples), cfg.seed)
+    temp = gen.temperature
     ctx.hook.on_stage_start(stage=ctx.name, config=cfg, output_dir=str(ctx.out_dir))
     bar = tqdm(total=cfg.steps, initial=start, desc=f"{ctx.name} (rl)", dynamic_ncols=True)
     try:
         for step in range(start + 1, cfg.steps + 1):
             t0 = time.perf_counter()
-            # 1. Rollout: every prompt repeated G times, one sampled completion each.
-            samples, prompts, position = next_prompts(
-                ctx, order, position, cfg.batch_size, gen.max_prompt_length
-            )
-            prompts = [p for p in prompts for _ in range(G)]
-            samples = [s for s in samples for _ in range(G)]
+            # 1. Rollout and rewards.
             backend.train()
-            completions = []
-            for i in range(0, len(prompts), cfg.micro_batch_size * 4):
-                completions += backend.generate(
-                    prompts[i : i + cfg.micro_batch_size * 4], gen.max_new_tokens, gen.temperature, gen.top_p
-                )
-            texts = [backend.decode(c) for c in completions]
+            ro, position = collect_rollout(ctx, rewards, algorithm, order, position)
             t_gen = time.perf_counter() - t0
+            B, T = len(ro.completions), max(len(c) for c in ro.completions)
+            applicable = ~torch.isnan(ro.rewards)
+            mask = completion_mask(ro.completions) * applicable.unsqueeze(-1)
 
-            # 2. Rewards: TRL's contract, dataset columns as keyword lists aligned with completions.
-            columns = {
-                "answer": [s.answer for s in samples],
-                "images": [s.images for s in samples],
-                "id": [s.id for s in samples],
-                "completion_ids": completions,
-            }
-            for key in {k for s in samples for k in s.meta}:
-                columns[key] = [s.meta.get(key) for s in samples]
-            messages = [with_system_prompt(s.messages, cfg.system_prompt) for s in samples]
-            totals, per_reward = rewards(messages, texts, columns)
-
-            # 3. Advantages within each prompt's group; not-applicable rewards get no gradient.
-            r = torch.tensor([float("nan") if t is None else t for t in totals])
-            advantages = algorithm.advantages(r, G)
-            applicable = ~torch.isnan(r)
-
-            # 4. Loss and backward in micro-batches (gradient accumulation).
+            # 2. What the update needs from before it: old and reference log-probs, critic values.
             t1 = time.perf_counter()
-            n_tokens = float(sum(len(c) for c, ok in zip(completions, applicable) if ok)) or 1.0
-            n_seqs = int(applicable.sum()) or 1
-            optimizer.zero_grad(set_to_none=True)
-            stats = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_frac": 0.0}
-            for i in range(0, len(prompts), cfg.micro_batch_size):
-                sl = slice(i, i + cfg.micro_batch_size)
-                logp, mask, entropy = backend.logprobs(
-                    prompts[sl], completions[sl], gen.temperature, with_entropy=True
-                )
-                mask = mask * applicable[sl].unsqueeze(-1).to(mask)
-                per_token, algo_stats = algorithm.policy_loss(
-                    logp, logp.detach(), advantages[sl].to(logp), mask
-                )
-                if use_kl:
-                    with torch.no_grad():
-                        ref_logp, _, _ = backend.logprobs(
-                            prompts[sl], completions[sl], gen.temperature, reference=True
-                        )
-                    kl = kl_penalty(logp, ref_logp, algo_cfg.kl.estimator)
-                    per_token = per_token + algo_cfg.kl.coef * kl
-                    stats["kl"] += float((kl.detach() * mask).sum()) / n_tokens
-                loss = aggregate(per_token, mask, algo_cfg.loss_agg, n_tokens, n_seqs)
-                loss.backward()
-                stats["loss"] += loss.item()
-                stats["entropy"] += float((entropy * mask).sum()) / n_tokens
-                share = float(mask.sum()) / n_tokens
-                stats["clip_frac"] += algo_stats.get("clip_frac", 0.0) * share
+            reuse_old = updates_per_step == 1
+            old_logp = None if reuse_old else score_tokens(ctx, lambda p, c: backend.logprobs(p, c, temp)[0], ro, T)
+            ref_logp = None
+            if use_kl:
+                ref_logp = score_tokens(ctx, lambda p, c: backend.logprobs(p, c, temp, reference=True)[0], ro, T)
+            kl_reward = None
+            if use_kl and kl.in_reward:  # the sampling policy's KL, folded into the per-token reward
+                behaviour = old_logp if old_logp is not None else score_tokens(
+                    ctx, lambda p, c: backend.logprobs(p, c, temp)[0], ro, T)  # fmt: skip
+                kl_reward = -kl.coef * kl_penalty(behaviour, ref_logp, kl.estimator) * mask
+            values = score_tokens(ctx, backend.values, ro, T) if algorithm.needs_critic else None
 
-            # 5. Optimizer step.
-            grad_norm = backend.clip_grad_norm(cfg.optim.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            # 3. Advantages ([B, T]; zero where no reward applied or past a completion's end).
+            advantages = algorithm.advantages(ro.rewards, G, mask, kl_reward, values) * mask
+            returns = algorithm.value_targets(ro.rewards, mask, kl_reward, values) if values is not None else None
+
+            # 4. Updates: epochs x mini-batches optimizer steps, each accumulated over micro-batches.
+            stats = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_frac": 0.0, "approx_kl": 0.0,
+                     "value_loss": 0.0, "grad_norm": 0.0}  # fmt: skip
+            for _epoch in range(algo_cfg.epochs):
+                perm = torch.randperm(B) if algo_cfg.mini_batches > 1 else torch.arange(B)
+                for idx in perm.chunk(algo_cfg.mini_batches):
+                    idx = idx.tolist()
+                    n_tokens = float(mask[idx].sum()) or 1.0
+                    n_seqs = int(applicable[idx].sum()) or 1
+                    optimizer.zero_grad(set_to_none=True)
+                    for j in range(0, len(idx), cfg.micro_batch_size):
+                        mb = idx[j : j + cfg.micro_batch_size]
+                        prompts = [ro.prompts[i] for i in mb]
+                        comps = [ro.completions[i] for i in mb]
+                        logp, _, entropy = backend.logprobs(prompts, comps, temp, with_entropy=True)
+                        t = logp.shape[1]
+                        m = mask[mb, :t].to(logp)
+                        old = logp.detach() if reuse_old else old_logp[mb, :t].to(logp)
+                        per_token, algo_stats = algorithm.policy_loss(logp, old, advantages[mb, :t].to(logp), m)
+                        if use_kl and not kl.in_reward:
+                            k = kl_penalty(logp, ref_logp[mb, :t].to(logp), kl.estimator)
+                            per_token = per_token + kl.coef * k
+                            stats["kl"] += float((k.detach() * m).sum()) / n_tokens / updates_per_step
+                        loss = aggregate(per_token, m, loss_agg, n_tokens, n_seqs)
+                        loss.backward()
+                        share = float(m.sum()) / n_tokens / updates_per_step
+                        stats["loss"] += loss.item() / updates_per_step
+                        stats["entropy"] += float((entropy * m).sum()) / n_tokens / updates_per_step
+                        stats["clip_frac"] += algo_stats.get("clip_frac", 0.0) * share
+                        log_ratio = (old - logp.detach()) * m  # k3 estimate of KL(old || new)
+                        approx = (torch.exp(log_ratio) - 1 - log_ratio) * m
+                        stats["approx_kl"] += float(approx.sum()) / n_tokens / updates_per_step
+                        if values is not None:
+                            v = backend.values(prompts, comps)
+                            vl = algorithm.value_loss(v, values[mb, :t].to(v), returns[mb, :t].to(v), m)
+                            (vl.sum() / n_tokens).backward()
+                            stats["value_loss"] += float(vl.detach().sum()) / n_tokens / updates_per_step
+                    stats["grad_norm"] += backend.clip_grad_norm(cfg.optim.max_grad_norm) / updates_per_step
+                    optimizer.step()
+                    scheduler.step()
+                    if values is not None:
+                        backend.critic_step(cfg.optim.max_grad_norm)
+            if use_kl and kl.in_reward:
+                stats["kl"] = float(-(kl_reward.sum()) / kl.coef / (float(mask.sum()) or 1.0))
             t_train = time.perf_counter() - t1
 
-            # 6. Log.
+            # 5. Log.
             step_s = time.perf_counter() - t0
-            scored = [t for t in totals if t is not None]
-            all_tokens = sum(len(p.input_ids) + len(c) for p, c in zip(prompts, completions))
+            scored = ro.rewards[applicable]
+            adv_tokens = advantages[mask.bool()]
+            all_tokens = sum(len(p.input_ids) + len(c) for p, c in zip(ro.prompts, ro.completions))
             metrics = {
-                "reward/mean": sum(scored) / len(scored) if scored else None,
-                "reward/std": float(r[applicable].std()) if len(scored) > 1 else 0.0,
-                **{f"reward/{k}": _mean(v) for k, v in per_reward.items()},
+                "reward/mean": float(scored.mean()) if len(scored) else None,
+                "reward/std": float(scored.std()) if len(scored) > 1 else 0.0,
+                **{f"reward/{k}": _mean(v) for k, v in ro.per_reward.items()},
                 **rewards.counters(),
                 "kl": stats["kl"] if use_kl else None,
-                "loss": stats["loss"],
-                "entropy": stats["entropy"],
-                "clip_frac": stats["clip_frac"],
-                "grad_norm": grad_norm,
+                **{k: stats[k] for k in ("loss", "entropy", "clip_frac", "approx_kl", "grad_norm")},
+                **({"value_loss": stats["value_loss"]} if values is not None else {}),
                 "lr": scheduler.get_last_lr()[0],
-                "advantage/mean": float(advantages[applicable].mean()) if n_seqs else 0.0,
-                "advantage/std": float(advantages[applicable].std()) if n_seqs > 1 else 0.0,
-                "response_length": sum(len(c) for c in completions) / len(completions),
+                "advantage/mean": float(adv_tokens.mean()) if len(adv_tokens) else 0.0,
+                "advantage/std": float(adv_tokens.std()) if len(adv_tokens) > 1 else 0.0,
+                "groups/zero_variance_frac": ro.groups_dropped / ro.groups_seen
+                if algorithm.dynamic_sampling
+                else _zero_variance_frac(ro.rewards, G),  # fmt: skip
+                "response_length": sum(len(c) for c in ro.completions) / B,
                 "tokens_per_s": all_tokens / step_s,
                 "step_s": step_s,
                 "generation_s": t_gen,
                 "train_s": t_train,
-                "not_applicable": len(totals) - len(scored),
+                "not_applicable": int((~applicable).sum()),
                 **ctx.counters,
             }
             ctx.log.metrics(step, metrics)
             if step % cfg.samples_every == 0:
-                ctx.log.samples(
-                    step,
-                    [
-                        {
-                            "id": s.id,
-                            "completion": t,
-                            "answer": s.answer,
-                            "reward": tot,
-                            "rewards": {k: v[j] for k, v in per_reward.items()},
-                        }
-                        for j, (s, t, tot) in enumerate(zip(samples[:16], texts, totals))
-                    ],
-                )
+                rows = []
+                for j, (s, text) in enumerate(zip(ro.samples[:16], ro.texts)):
+                    rew = None if torch.isnan(ro.rewards[j]) else float(ro.rewards[j])
+                    rows.append({"id": s.id, "completion": text, "answer": s.answer, "reward": rew,
+                                 "rewards": {k: v[j] for k, v in ro.per_reward.items()}})  # fmt: skip
+                ctx.log.samples(step, rows)
             bar.update(1)
-            bar.set_postfix(
-                reward=f"{metrics['reward/mean'] or 0:.3f}",
-                kl=f"{metrics['kl']:.4f}" if use_kl else "off",
-                tok_s=f"{metrics['tokens_per_s']:.0f}",
-            )
+            bar.set_postfix(reward=f"{metrics['reward/mean'] or 0:.3f}",
+                            kl=f"{metrics['kl']:.4f}" if use_kl else "off",
+                            tok_s=f"{metrics['tokens_per_s']:.0f}")  # fmt: skip
             if step % cfg.save_every == 0 and step < cfg.steps:
                 save_checkpoint(ctx, step, optimizer, scheduler, position)
             if stop_requested(ctx.hook.on_step_end(stage=ctx.name, step=step, metrics=metrics)):
@@ -195,3 +281,13 @@ def run_rl(ctx: StageContext) -> None:
 def _mean(values: list[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
+
+
+def _zero_variance_frac(rewards: torch.Tensor, group_size: int) -> float:
+    """Fraction of groups whose applicable rewards are all equal (they give no gradient)."""
+    groups = rewards.view(-1, group_size)
+    flat = 0
+    for g in groups:
+        vals = g[~torch.isnan(g)]
+        flat += int(len(vals) < 2 or bool((vals == vals[0]).all()))
+    return flat / len(groups)

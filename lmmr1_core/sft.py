@@ -28,7 +28,7 @@ def sft_target(template: str, sample) -> str:
 
 def run_sft(ctx: StageContext) -> None:
     cfg, backend = ctx.config, ctx.backend
-    optimizer, scheduler = make_optimizer(ctx)
+    optimizer, scheduler = make_optimizer(ctx, cfg.steps)
     start, position = resume(ctx, optimizer, scheduler)
     order = DataOrder(len(ctx.samples), cfg.seed)
     eos = backend.tokenizer.eos_token_id
@@ -41,8 +41,7 @@ def run_sft(ctx: StageContext) -> None:
                 ctx, order, position, cfg.batch_size, cfg.generation.max_prompt_length
             )
             targets = [
-                backend.tokenizer(sft_target(cfg.target_template, s), add_special_tokens=False).input_ids
-                + [eos]
+                backend.tokenizer(sft_target(cfg.target_template, s), add_special_tokens=False).input_ids + [eos]
                 for s in samples
             ]
             n_tokens = float(sum(len(t) for t in targets))

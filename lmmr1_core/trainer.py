@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,9 +71,7 @@ def next_prompts(ctx: StageContext, order: DataOrder, position: int, count: int,
     tried = 0
     while len(samples) < count:
         if tried >= 2 * len(ctx.samples) and not samples:
-            raise DataError(
-                f"stage {ctx.name}: no usable sample among {len(ctx.samples)} (see warnings above)"
-            )
+            raise DataError(f"stage {ctx.name}: no usable sample among {len(ctx.samples)} (see warnings above)")
         sample = ctx.samples[order.index(position)]
         position += 1
         tried += 1
@@ -97,13 +96,26 @@ def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[
     return [{"role": "system", "content": system_prompt}, *messages]
 
 
-def make_optimizer(ctx: StageContext):
+def lr_lambda(o, total_updates: int):
+    """Linear warm-up, then constant or cosine down to ``min_lr`` (as a factor of ``lr``)."""
+    warm = o.warmup_steps or int(o.warmup_ratio * total_updates)
+    floor = o.min_lr / o.lr
+
+    def factor(s: int) -> float:
+        if warm and s < warm:
+            return (s + 1) / warm
+        if o.schedule == "cosine":
+            progress = min(1.0, (s - warm) / max(1, total_updates - warm))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def make_optimizer(ctx: StageContext, total_updates: int):
     o = ctx.config.optim
-    optimizer = ctx.backend.make_optimizer(o.lr, o.weight_decay, o.betas)
-    warmup = o.warmup_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
-    )
+    optimizer = ctx.backend.make_optimizer(o.lr, o.weight_decay, o.betas, freeze=o.freeze)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o, total_updates))
     return optimizer, scheduler
 
 
@@ -120,6 +132,8 @@ def save_checkpoint(ctx: StageContext, step: int, optimizer, scheduler, position
             "rng": rng_state(),
             "counters": dict(ctx.counters),
         }
+        if getattr(ctx.backend, "critic", None) is not None:
+            state["critic"] = ctx.backend.critic_state()
         torch.save(state, tmp / "trainer_state.pt")
     prune_checkpoints(ctx.out_dir, keep=1)
 
@@ -139,6 +153,8 @@ def resume(ctx: StageContext, optimizer, scheduler) -> tuple[int, int]:
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     ctx.counters.update(state.get("counters", {}))
+    if "critic" in state:
+        ctx.backend.load_critic_state(state["critic"])
     return step, state["position"]
 
 

@@ -24,9 +24,7 @@ stages:
 """
 
 
-def stage_file(
-    tmp_path, model="m", dataset="arithmetic", data_extra="n: 8", reward="math_accuracy", extra=""
-):
+def stage_file(tmp_path, model="m", dataset="arithmetic", data_extra="n: 8", reward="math_accuracy", extra=""):
     (tmp_path / "m").mkdir(exist_ok=True)
     p = tmp_path / "run.yaml"
     p.write_text(GOOD.format(model=model, dataset=dataset, data_extra=data_extra, reward=reward) + extra)
@@ -71,9 +69,7 @@ def test_unknown_plugin_name_lists_known_and_closest(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = validate(stage_file(tmp_path, reward="math_acc"))
     assert result.exit_code == 2
-    assert (
-        "stages.b.rewards.0.name: unknown reward 'math_acc' (did you mean 'math_accuracy'?)" in result.output
-    )
+    assert "stages.b.rewards.0.name: unknown reward 'math_acc' (did you mean 'math_accuracy'?)" in result.output
     assert "think_answer_format" in result.output
 
 
@@ -101,9 +97,7 @@ def test_missing_dataset_file(tmp_path, monkeypatch):
 def test_dataset_line_without_answer_names_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "d.jsonl"
-    data.write_text(
-        json.dumps({"prompt": "1+1?", "answer": "2"}) + "\n\n" + json.dumps({"prompt": "2+2?"}) + "\n"
-    )
+    data.write_text(json.dumps({"prompt": "1+1?", "answer": "2"}) + "\n\n" + json.dumps({"prompt": "2+2?"}) + "\n")
     result = validate(stage_file(tmp_path, dataset="jsonl", data_extra=f"path: {data}"))
     assert result.exit_code == 2
     assert f"{data}:3: missing field 'answer'" in result.output

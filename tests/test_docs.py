@@ -22,8 +22,6 @@ def test_every_hook_is_documented_with_its_signature():
 
 
 def test_every_hook_is_used_by_a_test_or_builtin_plugin():
-    sources = "".join(
-        p.read_text() for p in [*(ROOT / "tests").glob("test_*.py"), *(ROOT / "plugins").rglob("*.py")]
-    )
+    sources = "".join(p.read_text() for p in [*(ROOT / "tests").glob("test_*.py"), *(ROOT / "plugins").rglob("*.py")])
     for name in HOOKS:
         assert re.search(rf"\b{name}\b", sources), f"no test or built-in plugin uses {name}"

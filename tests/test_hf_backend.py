@@ -28,8 +28,7 @@ def text_backend(tiny_text):
 def test_padded_batch_logprobs_match_each_sequence_alone(text_backend):
     b = text_backend
     prompts = [
-        b.encode([{"role": "user", "content": t}])
-        for t in ["What is 1 + 2?", "Hi", "A much longer prompt here"]
+        b.encode([{"role": "user", "content": t}]) for t in ["What is 1 + 2?", "Hi", "A much longer prompt here"]
     ]
     completions = [[10, 11, 12, 13], [14], [15, 16, 17]]
     assert len({len(p.input_ids) for p in prompts}) == 3  # really padded
@@ -83,9 +82,7 @@ def test_vl_image_errors_name_the_sample(tiny_vl, tmp_path):
     b = load_model("hf", path=str(tiny_vl))
     bad = tmp_path / "corrupt.png"
     bad.write_bytes(b"not a png")
-    msgs = [
-        {"role": "user", "content": [{"type": "image", "image": str(bad)}, {"type": "text", "text": "?"}]}
-    ]
+    msgs = [{"role": "user", "content": [{"type": "image", "image": str(bad)}, {"type": "text", "text": "?"}]}]
     with pytest.raises(DataError, match=r"sample s9: cannot read image .*corrupt.png"):
         b.encode(msgs, [str(bad)], "s9")
     with pytest.raises(DataError, match="sample s9: 2 images but 1 image placeholders"):

@@ -107,9 +107,7 @@ def test_run_writes_outputs_and_rerun_skips_finished_stages(tiny_text, tmp_path)
 def test_hanging_and_raising_rewards_do_not_stop_the_run(tiny_text, tmp_path, plugin):
     plugin(TestRewardsPlugin(), name="test_rewards")
     data = tmp_path / "sevens.jsonl"
-    data.write_text(
-        "".join(json.dumps({"prompt": f"What is {a} + {7 - a}?", "answer": "7"}) + "\n" for a in range(4))
-    )
+    data.write_text("".join(json.dumps({"prompt": f"What is {a} + {7 - a}?", "answer": "7"}) + "\n" for a in range(4)))
     f = write(
         tmp_path,
         tiny_text,
@@ -223,6 +221,4 @@ def test_vl_rl_run_skips_corrupt_images_and_long_prompts(tiny_vl, tmp_path):
     ids = {s["id"] for s in read_jsonl(tmp_path / "runs/small/rl/samples.jsonl")}
     assert ids <= {"red", "blue"} and ids
     final = tmp_path / "runs/small/rl/final"
-    assert (final / "preprocessor_config.json").read_bytes() == (
-        tiny_vl / "preprocessor_config.json"
-    ).read_bytes()
+    assert (final / "preprocessor_config.json").read_bytes() == (tiny_vl / "preprocessor_config.json").read_bytes()

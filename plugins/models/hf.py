@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lmmr1_core.errors import DataError
+from lmmr1_core.errors import ConfigError, DataError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
 
@@ -103,6 +103,7 @@ class HFBackend:
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.reference: torch.nn.Module | None = None
+        self.critic: torch.nn.Module | None = None
         gen = self.model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
@@ -191,9 +192,9 @@ class HFBackend:
         pix = [p.pixel_values for p in prompts if p.pixel_values is not None]
         if pix:
             batch["pixel_values"] = torch.cat(pix).to(self.device, self.dtype)
-            batch["image_grid_thw"] = torch.cat(
-                [p.image_grid_thw for p in prompts if p.pixel_values is not None]
-            ).to(self.device)
+            batch["image_grid_thw"] = torch.cat([p.image_grid_thw for p in prompts if p.pixel_values is not None]).to(
+                self.device
+            )
         if not self.is_vl:  # VL models derive (multimodal) positions from the mask themselves
             batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)
         return batch
@@ -264,9 +265,58 @@ class HFBackend:
             self.reference = type(self.model).from_pretrained(str(path), dtype=self.dtype).to(self.device)
         self.reference.eval().requires_grad_(False)
 
-    def make_optimizer(self, lr: float, weight_decay: float, betas: tuple[float, float]):
+    def make_optimizer(self, lr: float, weight_decay: float, betas: tuple[float, float], freeze: list[str] = ()):
+        """AdamW over the trainable parameters; names starting with a ``freeze`` prefix stay fixed."""
+        names = [n for n, _ in self.model.named_parameters()]
+        for prefix in freeze:
+            if not any(n.startswith(prefix) for n in names):
+                near = sorted({n.split(".")[0] + "." + n.split(".")[1] for n in names if "." in n})
+                raise ConfigError(f"optim.freeze: no parameter name starts with {prefix!r} (top-level: {near})")
+        for n, p in self.model.named_parameters():
+            if any(n.startswith(prefix) for prefix in freeze):
+                p.requires_grad_(False)
         params = [p for p in self.model.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+
+    # -- critic (ppo) ----------------------------------------------------------------------------
+
+    def make_critic(self, lr: float) -> None:
+        """A value model: a copy of the policy's weights plus a zero-initialised linear value head."""
+        self.critic = copy.deepcopy(self.model).train().requires_grad_(True)
+        cfg = self.model.config
+        hidden = getattr(cfg, "text_config", cfg).hidden_size
+        self.value_head = torch.nn.Linear(hidden, 1, device=self.device, dtype=torch.float32)
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+        params = [*self.critic.parameters(), *self.value_head.parameters()]
+        self.critic_optimizer = torch.optim.AdamW(params, lr=lr)
+
+    def values(self, prompts: list[Prompt], completions: list[list[int]]) -> torch.Tensor:
+        """``V(s_t)`` for each completion token: the state before the token is emitted, ``[B, T]``."""
+        batch = self._batch(prompts, completions)
+        T = max(len(c) for c in completions)
+        out = self.critic(**batch, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        hidden = out.hidden_states[-1][:, -(T + 1) : -1].float()
+        return self.value_head(hidden).squeeze(-1) * batch["attention_mask"][:, -T:].float()
+
+    def critic_step(self, max_norm: float) -> float:
+        params = [*self.critic.parameters(), *self.value_head.parameters()]
+        norm = float(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm))
+        self.critic_optimizer.step()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def critic_state(self) -> dict[str, Any]:
+        return {
+            "model": self.critic.state_dict(),
+            "head": self.value_head.state_dict(),
+            "optimizer": self.critic_optimizer.state_dict(),
+        }
+
+    def load_critic_state(self, state: dict[str, Any]) -> None:
+        self.critic.load_state_dict(state["model"])
+        self.value_head.load_state_dict(state["head"])
+        self.critic_optimizer.load_state_dict(state["optimizer"])
 
     def clip_grad_norm(self, max_norm: float) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
