@@ -173,3 +173,46 @@ def test_two_quickstart_steps(name, tiny_text, tmp_path):
     assert rows[-1]["kl"] is not None and rows[-1]["kl"] >= -1e-6
     if name == "ppo":
         assert "value_loss" in rows[-1]
+
+
+def test_cosine_schedule_with_warmup_and_floor():
+    from lmmr1_core.config import OptimConfig
+    from lmmr1_core.trainer import lr_lambda
+
+    f = lr_lambda(OptimConfig(lr=1.0, min_lr=0.1, schedule="cosine", warmup_ratio=0.2), total_updates=10)
+    # warm-up 2 updates: 1/2, 2/2; then cosine from 1.0 to 0.1 over the remaining 8
+    assert [round(f(s), 4) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.55, 0.1]
+    assert lr_lambda(OptimConfig(lr=1.0), 10)(7) == 1.0
+
+
+def test_freeze_prefixes(tiny_text):
+    from lmmr1_core.errors import ConfigError
+
+    b = load_model("hf", path=str(tiny_text))
+    opt = b.make_optimizer(1e-3, 0.0, (0.9, 0.999), freeze=["model.layers.0."])
+    frozen = {n for n, p in b.model.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith("model.layers.0.") for n in frozen)
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not any(id(p) in in_opt for n, p in b.model.named_parameters() if n in frozen)
+    with pytest.raises(ConfigError, match="no parameter name starts with 'model.visual'"):
+        b.make_optimizer(1e-3, 0.0, (0.9, 0.999), freeze=["model.visual"])
+
+
+def test_dapo_drops_zero_variance_groups_and_keeps_sampling(tiny_text, tmp_path, plugin):
+    import json
+
+    from helper_plugins import TestRewardsPlugin
+
+    plugin(TestRewardsPlugin(), name="test_rewards")
+    result = CliRunner().invoke(main, [
+        "run", "stages/quickstart.yaml", "--output-dir", str(tmp_path),
+        "--set", f"model.path={tiny_text}", "--set", "stages.warmup.steps=1",
+        "--set", "stages.fre.steps=1", "--set", "stages.fre.batch_size=2", "--set", "stages.fre.algorithm.name=dapo",
+        "--set", "stages.fre.algorithm.max_sampling_rounds=3",
+        "--set", "stages.fre.rewards=[{name: always_one}]", "--set", "stages.fre.generation.max_new_tokens=4",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "quickstart/fre/metrics.jsonl").read_text().splitlines()[-1])
+    # every group scored all 1.0: all 3 rounds x 2 groups were seen and dropped, the step still ran
+    assert row["groups/zero_variance_frac"] == 1.0
+    assert row["advantage/std"] == 0.0 and row["reward/mean"] == 1.0
