@@ -45,12 +45,13 @@ class DataSpec(BaseModel):
 
 
 class RewardSpec(BaseModel):
-    """One reward; every key except `name`, `weight` and `timeout_s` configures the reward."""
+    """One reward; every key except `name`, `weight`, `timeout_s` and `workers` configures the reward."""
 
     model_config = ConfigDict(extra="allow")
     name: str
     weight: float = 1.0
     timeout_s: float = Field(10.0, gt=0, description="per-sample time limit; a hung verifier scores 0")
+    workers: int | None = Field(None, ge=1, description="processes verifying in parallel (default: cores, at most 4)")
 
     def reward_config(self) -> dict[str, Any]:
         return dict(self.model_extra or {})

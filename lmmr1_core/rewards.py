@@ -1,18 +1,22 @@
-"""Running reward plugins safely: each in its own worker process with a per-sample time limit.
+"""Running reward plugins safely: in worker processes, in parallel, with a per-sample time limit.
 
 A verifier that hangs (math-verify on a pathological expression, C code stuck in a loop) is
 killed, its sample scored 0 and counted; one that raises scores ``None`` for that sample and is
-counted. The normal path is one call per batch; only a failed batch is retried sample by sample
-to find the culprit, so the safety costs nothing when nothing goes wrong.
+counted. The normal path is one call per chunk of the batch, the chunks verified in parallel by
+``workers`` processes; only a failed chunk is retried sample by sample to find the culprit, so the
+safety costs little when nothing goes wrong. A reward that raises ``RewardError`` (a server that
+is down, a misconfiguration) stops the run with that message instead: no sample could be scored.
 """
 
 from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import os
 import sys
+import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lmmr1_core.errors import RewardError
@@ -30,73 +34,78 @@ def _worker(conn, fn) -> None:
         try:
             out = fn(prompts=prompts, completions=completions, **columns)
             conn.send(("ok", list(out) if out is not None else None))
+        except RewardError as exc:
+            conn.send(("fatal", str(exc)))
         except BaseException as exc:
             tb = traceback.extract_tb(exc.__traceback__)
             where = f" ({tb[-1].filename}:{tb[-1].lineno})" if tb else ""
             conn.send(("error", f"{type(exc).__name__}: {exc}{where}"))
 
 
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 @dataclass
 class RewardStats:
     timeouts: int = 0
     errors: int = 0
-    first_error: str | None = None
     not_applicable: int = 0
+    first_error: str | None = None
 
 
-class _Timeout(Exception):
-    pass
+class _Process:
+    """One persistent worker process (forked, so in-process plugins work too), restarted when killed."""
 
+    def __init__(self, name: str, fn: Any) -> None:
+        self.name, self.fn = name, fn
+        self.proc = self.conn = None
 
-@dataclass
-class RewardWorker:
-    """One reward in one persistent process (forked, so in-process plugins work too)."""
+    def send(self, payload) -> None:
+        if self.proc is None or not self.proc.is_alive():
+            ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
+            parent, child = ctx.Pipe()
+            self.proc = ctx.Process(target=_worker, args=(child, self.fn), daemon=True, name=f"reward-{self.name}")
+            self.proc.start()
+            child.close()
+            self.conn = parent
+        self.conn.send(payload)
 
-    name: str
-    fn: Any
-    timeout_s: float
-    stats: RewardStats = field(default_factory=RewardStats)
+    def receive(self, deadline: float) -> tuple[str, Any]:
+        """("ok"|"error"|"fatal", value), or ("timeout", None) after killing a worker past ``deadline``."""
+        if not self.conn.poll(max(0.0, deadline - time.monotonic())):
+            self.kill()
+            return "timeout", None
+        try:
+            return self.conn.recv()
+        except EOFError:  # the worker died (segfault in C code, os._exit)
+            code = self.proc.exitcode if self.proc else None
+            self.kill()
+            return "error", f"worker process died (exit code {code})"
 
-    def __post_init__(self) -> None:
-        self._proc = None
-        self._conn = None
-
-    def _start(self) -> None:
-        ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
-        parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_worker, args=(child, self.fn), daemon=True, name=f"reward-{self.name}")
-        self._proc.start()
-        child.close()
-        self._conn = parent
-
-    def _kill(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.join(5)
-        self._proc = self._conn = None
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.join(5)
+        self.proc = self.conn = None
 
     def close(self) -> None:
-        if self._proc is not None and self._proc.is_alive():
+        if self.proc is not None and self.proc.is_alive():
             try:
-                self._conn.send(None)
+                self.conn.send(None)
+                self.proc.join(2)
             except OSError:
                 pass
-            self._proc.join(2)
-        self._kill()
+        self.kill()
 
-    def _call(self, prompts, completions, columns, timeout: float):
-        if self._proc is None or not self._proc.is_alive():
-            self._start()
-        self._conn.send((prompts, completions, columns))
-        if not self._conn.poll(timeout):
-            self._kill()
-            raise _Timeout()
-        try:
-            status, value = self._conn.recv()
-        except EOFError:  # the worker died (segfault in C code, os._exit)
-            self._kill()
-            return "error", f"worker process died (exit code {self._proc and self._proc.exitcode})"
-        return status, value
+
+class RewardWorkers:
+    """One reward, ``workers`` processes; a batch is split into one chunk per process."""
+
+    def __init__(self, name: str, fn: Any, timeout_s: float, workers: int | None = None) -> None:
+        self.name, self.timeout_s = name, timeout_s
+        self.procs = [_Process(name, fn) for _ in range(workers or default_workers())]
+        self.stats = RewardStats()
 
     def _check(self, value, n: int) -> list[float | None]:
         if not isinstance(value, list) or len(value) != n:
@@ -112,28 +121,49 @@ class RewardWorker:
                 raise RewardError(f"reward {self.name!r} returned {v!r}; expected a number or None")
         return out
 
+    @staticmethod
+    def _part(prompts, completions, columns, idx: list[int]):
+        return (
+            [prompts[i] for i in idx],
+            [completions[i] for i in idx],
+            {k: [v[i] for i in idx] for k, v in columns.items()},
+        )
+
     def score(self, prompts: list, completions: list[str], columns: dict[str, list]) -> list[float | None]:
         n = len(completions)
-        try:
-            status, value = self._call(prompts, completions, columns, self.timeout_s * max(n, 1))
+        chunks = [list(range(n))[w :: len(self.procs)] for w in range(len(self.procs))]
+        chunks = [c for c in chunks if c]
+        start = time.monotonic()
+        for proc, idx in zip(self.procs, chunks):
+            proc.send(self._part(prompts, completions, columns, idx))
+        scores: list[float | None] = [None] * n
+        for proc, idx in zip(self.procs, chunks):
+            status, value = proc.receive(start + self.timeout_s * len(idx))
+            if status == "fatal":
+                raise RewardError(f"reward {self.name!r}: {value}")
             if status == "ok":
-                return self._check(value, n)
-        except _Timeout:
-            pass
-        return [self._score_one(i, prompts, completions, columns) for i in range(n)]
+                for i, s in zip(idx, self._check(value, len(idx))):
+                    scores[i] = s
+                continue
+            for i in idx:  # find the culprit(s): one sample at a time
+                scores[i] = self._score_one(proc, i, prompts, completions, columns)
+        self.stats.not_applicable += sum(s is None for s in scores)
+        return scores
 
-    def _score_one(self, i: int, prompts, completions, columns) -> float | None:
-        cols = {k: v[i : i + 1] for k, v in columns.items()}
-        try:
-            status, value = self._call(prompts[i : i + 1], completions[i : i + 1], cols, self.timeout_s)
-        except _Timeout:
-            self.stats.timeouts += 1
-            self._note(f"timed out after {self.timeout_s:g}s on sample {columns.get('id', ['?'] * (i + 1))[i]}")
-            return 0.0
+    def _score_one(self, proc: _Process, i: int, prompts, completions, columns) -> float | None:
+        sample_id = columns["id"][i] if "id" in columns else i
+        proc.send(self._part(prompts, completions, columns, [i]))
+        status, value = proc.receive(time.monotonic() + self.timeout_s)
         if status == "ok":
             return self._check(value, 1)[0]
+        if status == "fatal":
+            raise RewardError(f"reward {self.name!r}: {value}")
+        if status == "timeout":
+            self.stats.timeouts += 1
+            self._note(f"timed out after {self.timeout_s:g}s on sample {sample_id}")
+            return 0.0
         self.stats.errors += 1
-        self._note(f"raised on sample {columns.get('id', ['?'] * (i + 1))[i]}: {value}")
+        self._note(f"raised on sample {sample_id}: {value}")
         return None
 
     def _note(self, message: str) -> None:
@@ -141,33 +171,37 @@ class RewardWorker:
             self.stats.first_error = message
             print(f"warning: reward {self.name!r} {message} (further failures only counted)", file=sys.stderr)
 
+    def close(self) -> None:
+        for p in self.procs:
+            p.close()
+
 
 class RewardSet:
     """The weighted rewards of a stage; ``total`` skips ``None`` scores, like TRL's nansum."""
 
-    def __init__(self, specs: list[tuple[str, Any, float, float]]) -> None:
-        self.workers = [RewardWorker(name, fn, timeout) for name, fn, _, timeout in specs]
-        self.weights = [w for _, _, w, _ in specs]
+    def __init__(self, specs: list[tuple]) -> None:
+        """``specs``: ``(name, reward, weight, timeout_s[, workers])`` per reward."""
+        self.rewards = [RewardWorkers(s[0], s[1], s[3], s[4] if len(s) > 4 else None) for s in specs]
+        self.weights = [s[2] for s in specs]
 
     def __call__(
         self, prompts: list, completions: list[str], columns: dict[str, list]
     ) -> tuple[list[float | None], dict[str, list[float | None]]]:
-        per: dict[str, list[float | None]] = {}
-        for worker in self.workers:
-            per[worker.name] = worker.score(prompts, completions, columns)
+        per = {r.name: r.score(prompts, completions, columns) for r in self.rewards}
         totals: list[float | None] = []
         for i in range(len(completions)):
-            parts = [w * per[k.name][i] for k, w in zip(self.workers, self.weights) if per[k.name][i] is not None]
+            parts = [w * per[r.name][i] for r, w in zip(self.rewards, self.weights) if per[r.name][i] is not None]
             totals.append(sum(parts) if parts else None)
         return totals, per
 
     def counters(self) -> dict[str, int]:
         out = {}
-        for w in self.workers:
-            out[f"reward/{w.name}/timeouts"] = w.stats.timeouts
-            out[f"reward/{w.name}/errors"] = w.stats.errors
+        for r in self.rewards:
+            out[f"reward/{r.name}/timeouts"] = r.stats.timeouts
+            out[f"reward/{r.name}/errors"] = r.stats.errors
+            out[f"reward/{r.name}/not_applicable"] = r.stats.not_applicable
         return out
 
     def close(self) -> None:
-        for w in self.workers:
-            w.close()
+        for r in self.rewards:
+            r.close()

@@ -139,7 +139,7 @@ def run_rl(ctx: StageContext) -> None:
     algorithm = load_algorithm(algo_cfg.name, **algo_cfg.algorithm_config())
     loss_agg = algo_cfg.loss_agg or algorithm.default_loss_agg
     rewards = RewardSet(
-        [(r.name, load_reward(r.name, **r.reward_config()), r.weight, r.timeout_s) for r in cfg.rewards]
+        [(r.name, load_reward(r.name, **r.reward_config()), r.weight, r.timeout_s, r.workers) for r in cfg.rewards]
     )
     updates_per_step = algo_cfg.epochs * algo_cfg.mini_batches
     optimizer, scheduler = make_optimizer(ctx, cfg.steps * updates_per_step)

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -129,7 +130,7 @@ def test_a_failing_stage_keeps_earlier_outputs(tiny_text, tmp_path, plugin):
     f = write(tmp_path, tiny_text, rewards="{name: wrong_length}")
     result = lmmr1("run", f)
     assert result.exit_code == 2
-    assert "reward 'wrong_length' returned 1 scores for 4 completions" in result.output
+    assert re.search(r"error: reward 'wrong_length' returned 1 scores for \d completions", result.output)
     assert "Traceback" not in result.output
     assert (tmp_path / "runs/small/warm/final/model.safetensors").exists()
 

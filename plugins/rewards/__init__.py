@@ -1,6 +1,10 @@
 """Built-in rule-based rewards. Each is a plain TRL-style callable over completions."""
 
+from lmmr1_plugins.rewards.choice import choice_accuracy
 from lmmr1_plugins.rewards.format import think_answer_format
+from lmmr1_plugins.rewards.geometry import geometry_answer
+from lmmr1_plugins.rewards.http import http_reward
+from lmmr1_plugins.rewards.length import length_penalty
 from lmmr1_plugins.rewards.math import math_accuracy
 
 from lmmr1_core import hookimpl
@@ -9,4 +13,8 @@ from lmmr1_core import hookimpl
 @hookimpl
 def register_rewards(register):
     register("math_accuracy", math_accuracy)
+    register("choice_accuracy", choice_accuracy)
+    register("geometry_answer", geometry_answer)
     register("think_answer_format", think_answer_format)
+    register("length_penalty", length_penalty)
+    register("http_reward", http_reward)
