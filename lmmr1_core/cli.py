@@ -111,6 +111,85 @@ def tiny_model(directory: str, kind: str, hidden: int, layers: int, seed: int) -
     click.echo(f"wrote a tiny {kind} model to {path}")
 
 
+def _data_spec(text: str) -> dict[str, Any]:
+    """``path.jsonl`` (loader from the suffix) or ``NAME:key=value,key=value``."""
+    import yaml
+
+    from lmmr1_core.errors import ConfigError
+
+    suffixes = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
+    for suffix, loader in suffixes.items():
+        if text.endswith(suffix) and ":" not in text:
+            return {"dataset": loader, "path": text}
+    name, _, rest = text.partition(":")
+    spec: dict[str, Any] = {"dataset": name}
+    for item in filter(None, rest.split(",")):
+        if "=" not in item:
+            raise ConfigError(f"--data {text!r}: expected NAME:key=value,... or a .jsonl/.json/.parquet path")
+        key, value = item.split("=", 1)
+        spec[key] = yaml.safe_load(value)
+    return spec
+
+
+@main.command("eval")
+@click.option("--model", "model_path", required=True, help="HF model directory (or hub id) to evaluate")
+@click.option("--data", "data_specs", multiple=True, required=True, metavar="SPEC",
+              help="a .jsonl/.json/.parquet file, or NAME:key=value,... (repeatable)")  # fmt: skip
+@click.option("--rewards", "reward_names", default="math_accuracy", show_default=True, help="comma-separated")
+@click.option("--k", "k", default=1, show_default=True, help="completions per prompt (1: greedy)")
+@click.option("--max-new-tokens", default=4096, show_default=True)
+@click.option("--temperature", default=1.0, show_default=True, help="sampling temperature when k > 1")
+@click.option("--prompt-template", default=None, help="wraps each prompt; {prompt} stands for it")
+@click.option("--output-dir", default="runs", show_default=True)
+@click.option("--name", default="eval", show_default=True)
+def eval_command(model_path, data_specs, reward_names, k, max_new_tokens, temperature, prompt_template,
+                 output_dir, name) -> None:  # fmt: skip
+    """Evaluate a model on data sets: greedy accuracy, or mean@k / pass@k; writes results.json and a table."""
+    from lmmr1_core.config import RunConfig
+    from lmmr1_core.run import run as run_stages
+
+    cfg = RunConfig.model_validate({
+        "name": name,
+        "model": {"path": model_path},
+        "output_dir": output_dir,
+        "stages": {"eval": {
+            "kind": "eval",
+            "data": [_data_spec(d) for d in data_specs],
+            "rewards": [{"name": r.strip()} for r in reward_names.split(",") if r.strip()],
+            "eval_samples": k,
+            "prompt_template": prompt_template,
+            "generation": {"max_new_tokens": max_new_tokens, "temperature": temperature},
+        }},
+    })  # fmt: skip
+    _quiet_libraries()
+    run_dir = run_stages(cfg, "lmmr1 eval", fresh=True)
+    click.echo((run_dir / "eval/final/table.txt").read_text(), nl=False)
+    click.echo(f"results: {run_dir / 'eval/final/results.json'}")
+
+
+@main.group()
+def data() -> None:
+    """Generate offline data sets."""
+
+
+@data.command("make")
+@click.argument("name")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--n", "n", default=100, show_default=True, help="number of problems")
+@click.option("--seed", default=0, show_default=True)
+def data_make(name: str, out_dir: str, n: int, seed: int) -> None:
+    """Write NAME's generated problems (PNG figures + data.jsonl) to OUT_DIR."""
+    from lmmr1_core.errors import PluginError
+    from lmmr1_core.plugins import lookup, registry
+
+    loader = lookup("datasets", name).obj
+    if not hasattr(loader, "make"):
+        makers = sorted(k for k, v in registry("datasets").items() if hasattr(v.obj, "make"))
+        raise PluginError(f"dataset {name!r} cannot generate data; generators: {', '.join(makers)}")
+    path = loader.make(out_dir, n=n, seed=seed)
+    click.echo(f"wrote {n} {name} problems to {path}")
+
+
 @main.command()
 def reference() -> None:
     """Print the stage-file reference (every key, its type, default and meaning)."""

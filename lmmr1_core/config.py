@@ -38,10 +38,15 @@ class DataSpec(BaseModel):
     """One dataset of a stage; every key except `dataset` configures the loader."""
 
     model_config = ConfigDict(extra="allow")
-    dataset: str = Field(description="dataset plugin name (`jsonl`, `arithmetic`, ...)")
+    dataset: str = Field(description="dataset plugin name (`jsonl`, `parquet`, `geometry`, ...)")
+    name: str | None = Field(None, description="label in eval reports (default: the path or the dataset name)")
 
     def loader_config(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    def label(self) -> str:
+        extra = self.model_extra or {}
+        return self.name or str(extra.get("path") or self.dataset)
 
 
 class RewardSpec(BaseModel):
@@ -111,13 +116,16 @@ class OptimConfig(_Strict):
 
 
 class StageConfig(_Strict):
-    kind: str = Field(description="stage kind plugin: `rl`, `sft`")
+    kind: str = Field(description="stage kind plugin: `rl`, `sft`, `eval`")
     init_from: str | None = Field(None, description="start from this stage's final weights")
     data: list[DataSpec] = Field(min_length=1)
-    steps: int = Field(ge=1, description="optimizer steps")
+    steps: int | None = Field(None, ge=1, description="optimizer steps (rl: rollout batches); required to train")
     batch_size: int = Field(4, ge=1, description="prompts per step (rl) or samples per step (sft)")
     micro_batch_size: int = Field(8, ge=1, description="sequences per forward/backward")
-    system_prompt: str | None = None
+    system_prompt: str | None = Field(None, description="a system message put before every prompt")
+    prompt_template: str | None = Field(
+        None, description="wraps each prompt's (last user) text; `{prompt}` stands for it, e.g. LMM-R1's instruction"
+    )
     seed: int = 0
     save_every: int = Field(10, ge=1, description="checkpoint every N steps (and at the end)")
     optim: OptimConfig = OptimConfig()
@@ -126,6 +134,13 @@ class StageConfig(_Strict):
     algorithm: AlgorithmConfig = AlgorithmConfig()
     generation: GenerationConfig = GenerationConfig()
     samples_every: int = Field(1, ge=1, description="write samples.jsonl every N steps")
+    # eval
+    eval_samples: int = Field(
+        1, ge=1, description="completions per prompt: 1 = greedy accuracy; k > 1 = mean@k and pass@k when sampling"
+    )
+    category_key: str | None = Field(
+        None, description="sample column to break results down by (default: category/subject)"
+    )
     # sft
     target_template: str = Field(
         "<answer>{answer}</answer>",

@@ -22,8 +22,15 @@ from typing import Any
 from lmmr1_core.errors import RewardError
 
 
-def _worker(conn, fn) -> None:
+def _worker(conn, fn, parent_end) -> None:
+    # The fork copied the parent's end of our pipe (and other workers' ends), so EOF alone would
+    # never tell us the trainer died (a SIGKILL): watch the parent pid as well.
+    parent_end.close()
+    parent = os.getppid()
     while True:
+        while not conn.poll(1.0):
+            if os.getppid() != parent:
+                return
         try:
             msg = conn.recv()
         except EOFError:
@@ -65,7 +72,9 @@ class _Process:
         if self.proc is None or not self.proc.is_alive():
             ctx = mp.get_context("fork" if sys.platform != "win32" else "spawn")
             parent, child = ctx.Pipe()
-            self.proc = ctx.Process(target=_worker, args=(child, self.fn), daemon=True, name=f"reward-{self.name}")
+            self.proc = ctx.Process(
+                target=_worker, args=(child, self.fn, parent), daemon=True, name=f"reward-{self.name}"
+            )
             self.proc.start()
             child.close()
             self.conn = parent

@@ -19,13 +19,13 @@ from lmmr1_core.rewards import RewardSet
 from lmmr1_core.trainer import (
     DataOrder,
     StageContext,
+    build_messages,
     make_optimizer,
     next_prompts,
     resume,
     save_checkpoint,
     save_final,
     stop_requested,
-    with_system_prompt,
 )
 
 
@@ -87,7 +87,7 @@ def collect_rollout(ctx: StageContext, rewards: RewardSet, algorithm, order: Dat
         }
         for key in {k for s in samples for k in s.meta}:
             columns[key] = [s.meta.get(key) for s in samples]
-        messages = [with_system_prompt(s.messages, cfg.system_prompt) for s in samples]
+        messages = [build_messages(s.messages, cfg) for s in samples]
         totals, per_reward = rewards(messages, texts, columns)
         r = torch.tensor([float("nan") if t is None else t for t in totals])
         lengths = torch.tensor([len(c) for c in completions])

@@ -36,12 +36,16 @@ def check_plugins(cfg: RunConfig, path: str) -> None:
     check("models", cfg.model.backend, "model.backend")
     for sname, st in cfg.stages.items():
         check("stages", st.kind, f"stages.{sname}.kind")
+        if st.kind in ("rl", "sft") and st.steps is None:
+            raise ConfigError(f"{path}: stages.{sname}.steps: a {st.kind} stage needs `steps`")
+        if st.init_from and cfg.stages[st.init_from].kind == "eval":
+            raise ConfigError(f"{path}: stages.{sname}.init_from: {st.init_from!r} is an eval stage (no weights)")
         for i, d in enumerate(st.data):
             check("datasets", d.dataset, f"stages.{sname}.data.{i}.dataset")
         if st.kind == "rl":
             check("algorithms", st.algorithm.name, f"stages.{sname}.algorithm.name")
-            if not st.rewards:
-                raise ConfigError(f"{path}: stages.{sname}.rewards: an rl stage needs at least one reward")
+        if st.kind in ("rl", "eval") and not st.rewards:
+            raise ConfigError(f"{path}: stages.{sname}.rewards: an {st.kind} stage needs at least one reward")
         for i, r in enumerate(st.rewards):
             check("rewards", r.name, f"stages.{sname}.rewards.{i}.name")
 
@@ -61,7 +65,10 @@ def load_stage_data(stage_name: str, stage: StageConfig, path: str) -> list[Samp
     samples: list[Sample] = []
     for i, spec in enumerate(stage.data):
         try:
-            samples += load_dataset(spec.dataset, **spec.loader_config())
+            loaded = load_dataset(spec.dataset, **spec.loader_config())
+            for s in loaded:
+                s.source = spec.label()
+            samples += loaded
         except LmmError as exc:
             raise DataError(f"{path}: stages.{stage_name}.data.{i}: {exc}") from None
         except TypeError as exc:  # a key the loader does not take
@@ -80,7 +87,8 @@ def validate(cfg: RunConfig, path: str) -> list[str]:
         st = cfg.stages[name]
         n = len(load_stage_data(name, st, path))
         src = f" from {st.init_from}" if st.init_from else ""
-        lines.append(f"stage {name}: {st.kind}{src}, {st.steps} steps, {n} samples")
+        steps = f", {st.steps} steps" if st.steps else ""
+        lines.append(f"stage {name}: {st.kind}{src}{steps}, {n} samples")
     return lines
 
 
@@ -117,7 +125,10 @@ def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None =
             print(f"stage {name}: finished earlier ({out / 'final'}), skipping", file=sys.stderr)
             continue
         init = str(run_dir / st.init_from / "final") if st.init_from else cfg.model.path
-        found = latest_checkpoint(out)
+        if st.kind == "eval":
+            found = None
+        else:
+            found = latest_checkpoint(out)
         if found:
             print(f"stage {name}: resuming after step {found[0]} from {found[1]}", file=sys.stderr)
         for log_name in ("metrics.jsonl", "samples.jsonl"):  # drop steps after the checkpoint
@@ -134,4 +145,9 @@ def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None =
         print(f"stage {name}: done -> {out / 'final'}", file=sys.stderr)
         del ctx, backend
         gc.collect()
+    evals = [n for n in order if cfg.stages[n].kind == "eval" and (run_dir / n / "final/results.json").exists()]
+    if len(evals) > 1:  # the before/after view
+        from lmmr1_core.evaluate import compare_table
+
+        print(compare_table({n: run_dir / n / "final/results.json" for n in evals}), file=sys.stderr)
     return run_dir

@@ -75,7 +75,7 @@ def next_prompts(ctx: StageContext, order: DataOrder, position: int, count: int,
         sample = ctx.samples[order.index(position)]
         position += 1
         tried += 1
-        messages = with_system_prompt(sample.messages, ctx.config.system_prompt)
+        messages = build_messages(sample.messages, ctx.config)
         try:
             prompt = ctx.backend.encode(messages, sample.images, sample.id)
         except DataError as exc:
@@ -90,10 +90,26 @@ def next_prompts(ctx: StageContext, order: DataOrder, position: int, count: int,
     return samples, prompts, position
 
 
-def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
-    if not system_prompt or (messages and messages[0].get("role") == "system"):
-        return messages
-    return [{"role": "system", "content": system_prompt}, *messages]
+def build_messages(messages: list[dict], config: StageConfig) -> list[dict]:
+    """The stage's ``prompt_template`` applied to the last user text, and its ``system_prompt`` first."""
+    template, system = config.prompt_template, config.system_prompt
+    if template:
+        messages = [dict(m) for m in messages]
+        for m in reversed(messages):
+            if m.get("role") != "user":
+                continue
+            if isinstance(m.get("content"), str):
+                m["content"] = template.replace("{prompt}", m["content"])
+            elif isinstance(m.get("content"), list):
+                items = [dict(i) for i in m["content"]]
+                texts = [i for i in items if i.get("type") == "text"]
+                if texts:
+                    texts[-1]["text"] = template.replace("{prompt}", texts[-1].get("text", ""))
+                m["content"] = items
+            break
+    if system and not (messages and messages[0].get("role") == "system"):
+        messages = [{"role": "system", "content": system}, *messages]
+    return messages
 
 
 def lr_lambda(o, total_updates: int):

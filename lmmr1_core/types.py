@@ -20,6 +20,7 @@ class Sample:
     images: list[Any] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     id: str = ""
+    source: str = ""  # which data entry of the stage it came from (set by the runner; eval reports by it)
 
 
 @dataclass

@@ -22,7 +22,14 @@ def test_plugins_command_lists_what_each_plugin_registered():
     result = CliRunner().invoke(main, ["plugins", "--json"])
     assert result.exit_code == 0, result.output
     data = {p["name"]: p for p in json.loads(result.output)}
-    assert data["builtin_datasets"]["registered"]["datasets"] == ["jsonl", "arithmetic"]
+    assert data["builtin_datasets"]["registered"]["datasets"] == [
+        "jsonl",
+        "json",
+        "parquet",
+        "saved",
+        "hub",
+        "arithmetic",
+    ]
     text = CliRunner().invoke(main, ["plugins"]).output
     assert "builtin_algorithms (lmmr1 0.1.0)" in text and "algorithms: grpo" in text
 

@@ -173,6 +173,11 @@ def test_killed_run_resumes_from_last_checkpoint(tiny_text, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # its reward worker processes notice and exit too (they would otherwise linger forever)
+    deadline = time.time() + 10
+    while _processes_mentioning(str(f)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _processes_mentioning(str(f))
     done_before = [r["step"] for r in read_jsonl(rl / "metrics.jsonl")]
     assert 6 <= done_before[-1] < 14
 
@@ -223,3 +228,14 @@ def test_vl_rl_run_skips_corrupt_images_and_long_prompts(tiny_vl, tmp_path):
     assert ids <= {"red", "blue"} and ids
     final = tmp_path / "runs/small/rl/final"
     assert (final / "preprocessor_config.json").read_bytes() == (tiny_vl / "preprocessor_config.json").read_bytes()
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and text in (p / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(p.name))
+        except OSError:
+            continue
+    return found

@@ -49,6 +49,14 @@ def _load_image(image: Any, sample_id: str):
 
     if isinstance(image, Image.Image):
         return image.convert("RGB")
+    if isinstance(image, (bytes, bytearray)):
+        import io
+
+        try:
+            with Image.open(io.BytesIO(image)) as im:
+                return im.convert("RGB")
+        except Exception as exc:
+            raise DataError(f"sample {sample_id}: cannot read embedded image bytes: {exc}") from None
     path = str(image)
     if path.startswith("file://"):
         path = path[len("file://") :]
@@ -201,18 +209,24 @@ class HFBackend:
 
     @torch.no_grad()
     def generate(
-        self, prompts: list[Prompt], max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0
+        self,
+        prompts: list[Prompt],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        greedy: bool = False,
     ) -> list[list[int]]:
-        """Sample one completion per prompt; each ends at (and includes) its EOS token."""
+        """Sample (or greedily decode) one completion per prompt; each ends at (and includes) its EOS token."""
         batch = self._batch(prompts)
         batch.pop("position_ids", None)
         self.model.eval()
         out = self.model.generate(
             **batch,
-            do_sample=True,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=0,
+            **(
+                {"do_sample": False}
+                if greedy
+                else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+            ),
             max_new_tokens=max_new_tokens,
             pad_token_id=self.pad_id,
             eos_token_id=sorted(self.eos_ids),

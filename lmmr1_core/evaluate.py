@@ -1,0 +1,133 @@
+"""The ``eval`` stage: greedy accuracy, or mean@k / pass@k with sampling, per data set and category.
+
+Eval stages sit in the stage graph like training ones (``init_from: fre`` evaluates fre's final
+weights; no ``init_from`` evaluates the starting model), so one run reports the before/after gain.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from lmmr1_core import load_reward
+from lmmr1_core.checkpoint import atomic_dir
+from lmmr1_core.errors import DataError
+from lmmr1_core.rewards import RewardSet
+from lmmr1_core.trainer import StageContext, build_messages
+
+CATEGORY_KEYS = ("category", "subject")
+
+
+def _category(sample, key: str | None) -> str | None:
+    for k in [key] if key else CATEGORY_KEYS:
+        if k in sample.meta and sample.meta[k] is not None:
+            return str(sample.meta[k])
+    return None
+
+
+def summarize(rows: list[dict[str, Any]], reward_names: list[str], k: int) -> dict[str, Any]:
+    """Aggregate per-prompt rows into mean@k per reward and pass@k (any completion scored 1.0)."""
+
+    def agg(subset: list[dict]) -> dict[str, Any]:
+        out: dict[str, Any] = {"n": len(subset)}
+        for name in reward_names:
+            scores = [s for r in subset for s in r["scores"][name] if s is not None]
+            out[f"{name}/mean@{k}" if k > 1 else name] = sum(scores) / len(scores) if scores else None
+            if k > 1:
+                passed = [any(s == 1.0 for s in r["scores"][name]) for r in subset]
+                out[f"{name}/pass@{k}"] = sum(passed) / len(passed) if passed else None
+        return out
+
+    by_source: dict[str, list] = defaultdict(list)
+    by_category: dict[tuple[str, str], list] = defaultdict(list)
+    for r in rows:
+        by_source[r["source"]].append(r)
+        if r["category"] is not None:
+            by_category[(r["source"], r["category"])].append(r)
+    return {
+        "overall": agg(rows),
+        "datasets": {src: agg(rs) for src, rs in by_source.items()},
+        "categories": {f"{src} / {cat}": agg(rs) for (src, cat), rs in sorted(by_category.items())},
+        "samples_per_prompt": k,
+    }
+
+
+def format_table(results: dict[str, Any]) -> str:
+    rows = [("overall", results["overall"])] + list(results["datasets"].items()) + list(results["categories"].items())
+    keys = [k for k in results["overall"] if k != "n"]
+    head = ["", "n", *keys]
+    body = [[name, str(v["n"]), *("-" if v.get(k) is None else f"{v[k]:.4f}" for k in keys)] for name, v in rows]
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *body])
+
+
+def compare_table(result_files: dict[str, Path]) -> str:
+    """One line per eval stage and data set: the before/after view of a run."""
+    lines = ["eval results:"]
+    for stage, path in result_files.items():
+        res = json.loads(Path(path).read_text())
+        for src, v in res["datasets"].items():
+            metrics = ", ".join(f"{k} {v[k]:.4f}" for k in v if k != "n" and v[k] is not None)
+            lines.append(f"  {stage:16s} {src}: {metrics} (n={v['n']})")
+    return "\n".join(lines)
+
+
+def run_eval(ctx: StageContext) -> None:
+    cfg, backend = ctx.config, ctx.backend
+    k, gen = cfg.eval_samples, cfg.generation
+    names = [r.name for r in cfg.rewards]
+    rewards = RewardSet([(r.name, load_reward(r.name, **r.reward_config()), r.weight, r.timeout_s, r.workers)
+                         for r in cfg.rewards])  # fmt: skip
+    ctx.hook.on_stage_start(stage=ctx.name, config=cfg, output_dir=str(ctx.out_dir))
+    backend.model.eval()
+    rows: list[dict[str, Any]] = []
+    chunk = max(1, cfg.micro_batch_size * 4 // k)
+    bar = tqdm(total=len(ctx.samples), desc=f"{ctx.name} (eval)", dynamic_ncols=True)
+    try:
+        for i in range(0, len(ctx.samples), chunk):
+            batch, prompts = [], []
+            for sample in ctx.samples[i : i + chunk]:
+                try:
+                    prompt = backend.encode(build_messages(sample.messages, cfg), sample.images, sample.id)
+                except DataError as exc:
+                    ctx.count("data/bad_samples")
+                    print(f"warning: skipping {exc}", file=sys.stderr)
+                    continue
+                if len(prompt.input_ids) > gen.max_prompt_length:
+                    ctx.count("data/dropped_long_prompts")
+                    continue
+                batch.append(sample)
+                prompts.append(prompt)
+            bar.update(len(ctx.samples[i : i + chunk]))
+            if not batch:
+                continue
+            expanded = [p for p in prompts for _ in range(k)]
+            completions = backend.generate(expanded, gen.max_new_tokens, gen.temperature, gen.top_p, greedy=k == 1)
+            texts = [backend.decode(c) for c in completions]
+            samples = [s for s in batch for _ in range(k)]
+            columns = {"answer": [s.answer for s in samples], "images": [s.images for s in samples],
+                       "id": [s.id for s in samples], "completion_ids": completions}  # fmt: skip
+            for key in {key for s in samples for key in s.meta}:
+                columns[key] = [s.meta.get(key) for s in samples]
+            _, per = rewards([build_messages(s.messages, cfg) for s in samples], texts, columns)
+            for j, s in enumerate(batch):
+                sl = slice(j * k, (j + 1) * k)
+                rows.append({"id": s.id, "source": s.source, "category": _category(s, cfg.category_key),
+                             "answer": s.answer, "completions": texts[sl],
+                             "scores": {n: per[n][sl] for n in names}})  # fmt: skip
+    finally:
+        bar.close()
+        rewards.close()
+    results = summarize(rows, names, k)
+    results["counters"] = {**ctx.counters, **rewards.counters()}
+    ctx.log.samples(0, rows)
+    table = format_table(results)
+    with atomic_dir(ctx.out_dir / "final") as tmp:
+        (tmp / "results.json").write_text(json.dumps(results, indent=2))
+        (tmp / "table.txt").write_text(table + "\n")
+    print(f"{ctx.name}:\n{table}", file=sys.stderr)
