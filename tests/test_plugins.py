@@ -15,7 +15,7 @@ def test_builtins_are_loaded_through_entry_points():
     assert report["builtin_rewards"]["distribution"] == "lmmr1"
     assert "math_accuracy" in report["builtin_rewards"]["registered"]["rewards"]
     assert report["builtin_models"]["registered"]["models"] == ["hf"]
-    assert set(report["builtin_stages"]["registered"]["stages"]) == {"rl", "sft"}
+    assert set(report["builtin_stages"]["registered"]["stages"]) == {"rl", "sft", "eval"}
 
 
 def test_plugins_command_lists_what_each_plugin_registered():
@@ -29,6 +29,8 @@ def test_plugins_command_lists_what_each_plugin_registered():
         "saved",
         "hub",
         "arithmetic",
+        "geometry",
+        "perce_reason",
     ]
     text = CliRunner().invoke(main, ["plugins"]).output
     assert "builtin_algorithms (lmmr1 0.1.0)" in text and "algorithms: grpo" in text
