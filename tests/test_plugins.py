@@ -31,6 +31,12 @@ def test_plugins_command_lists_what_each_plugin_registered():
         "arithmetic",
         "geometry",
         "perce_reason",
+        "mathvista",
+        "mathverse",
+        "mathvision",
+        "mmstar",
+        "math500",
+        "gpqa_diamond",
     ]
     text = CliRunner().invoke(main, ["plugins"]).output
     assert "builtin_algorithms (lmmr1 0.1.0)" in text and "algorithms: grpo" in text

@@ -1,6 +1,7 @@
 """Built-in datasets: local files, saved and hub datasets, offline generated problems."""
 
 from lmmr1_plugins.datasets.arithmetic import arithmetic
+from lmmr1_plugins.datasets.benchmarks import LOADERS
 from lmmr1_plugins.datasets.files import hub, json_file, jsonl, parquet, saved
 from lmmr1_plugins.datasets.generators import geometry, perce_reason
 
@@ -17,3 +18,5 @@ def register_datasets(register):
     register("arithmetic", arithmetic)
     register("geometry", geometry)
     register("perce_reason", perce_reason)
+    for name, loader in LOADERS.items():
+        register(name, loader)

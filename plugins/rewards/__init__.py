@@ -4,6 +4,7 @@ from lmmr1_plugins.rewards.choice import choice_accuracy
 from lmmr1_plugins.rewards.format import think_answer_format
 from lmmr1_plugins.rewards.geometry import geometry_answer
 from lmmr1_plugins.rewards.http import http_reward
+from lmmr1_plugins.rewards.judge import judge_accuracy
 from lmmr1_plugins.rewards.length import length_penalty
 from lmmr1_plugins.rewards.math import math_accuracy
 
@@ -18,3 +19,4 @@ def register_rewards(register):
     register("think_answer_format", think_answer_format)
     register("length_penalty", length_penalty)
     register("http_reward", http_reward)
+    register("judge_accuracy", judge_accuracy)
