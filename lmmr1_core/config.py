@@ -174,16 +174,26 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each ``dotted.key=value``; a number indexes into a list (``stages.fre.data.0.path=...``)."""
     for text in overrides:
         parts, value = parse_override(text)
-        node = data
-        for p in parts[:-1]:
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {text!r}: {p!r} is not a mapping")
-            node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {text!r}: cannot set a key inside a non-mapping")
-        node[parts[-1]] = value
+        node: Any = data
+        for i, p in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not p.isdigit() or int(p) >= len(node):
+                    raise ConfigError(f"--set {text!r}: {p!r} is not an index of a {len(node)}-item list")
+                if last:
+                    node[int(p)] = value
+                else:
+                    node = node[int(p)]
+            elif isinstance(node, dict):
+                if last:
+                    node[p] = value
+                else:
+                    node = node.setdefault(p, {})
+            else:
+                raise ConfigError(f"--set {text!r}: cannot set {p!r} inside a {type(node).__name__}")
     return data
 
 

@@ -131,6 +131,10 @@ def test_overrides_set_nested_keys_with_yaml_types(tmp_path):
     assert stage_order(cfg) == ["a", "b"]
     with pytest.raises(ConfigError, match="expected dotted.key=value"):
         apply_overrides({}, ["nonsense"])
+    cfg = load_config(stage_file(tmp_path), ["stages.b.data.0.n=3"])
+    assert cfg.stages["b"].data[0].loader_config() == {"n": 3}
+    with pytest.raises(ConfigError, match="'5' is not an index of a 1-item list"):
+        load_config(stage_file(tmp_path), ["stages.b.data.5.n=3"])
 
 
 def test_reference_lists_every_stage_key():

@@ -33,8 +33,12 @@ def test_quickstart_reward_rises(tmp_path):
 def test_recipe_stage_files_validate_and_follow_lmmr1():
     from lmmr1_core.config import load_config
 
+    # fewer generated Sokoban levels than the real recipe, to keep the test short
+    small = {"fre_then_mgt_sokoban.yaml": [f"stages.{s}.data.{i}.n=20" for s in ("mgt_sokoban", "eval_fre")
+                                           for i in (0, 1)]}  # fmt: skip
     for f in sorted((ROOT / "stages").glob("*.yaml")):
-        result = subprocess.run([sys.executable, "-m", "lmmr1_core.cli", "validate", str(f)], cwd=ROOT,
+        sets = [arg for o in small.get(f.name, []) for arg in ("--set", o)]
+        result = subprocess.run([sys.executable, "-m", "lmmr1_core.cli", "validate", str(f), *sets], cwd=ROOT,
                                 capture_output=True, text=True, timeout=300)  # fmt: skip
         assert result.returncode == 0, (f, result.stderr)
     fre = load_config(ROOT / "stages/fre_then_mgt_geo.yaml").stages["fre"]
