@@ -17,7 +17,7 @@ from tqdm import tqdm
 from lmmr1_core import load_reward
 from lmmr1_core.checkpoint import atomic_dir
 from lmmr1_core.errors import DataError
-from lmmr1_core.rewards import RewardSet
+from lmmr1_core.rewards import RewardSet, reward_columns
 from lmmr1_core.trainer import StageContext, build_messages
 
 CATEGORY_KEYS = ("category", "subject")
@@ -110,10 +110,7 @@ def run_eval(ctx: StageContext) -> None:
             completions = backend.generate(expanded, gen.max_new_tokens, gen.temperature, gen.top_p, greedy=k == 1)
             texts = [backend.decode(c) for c in completions]
             samples = [s for s in batch for _ in range(k)]
-            columns = {"answer": [s.answer for s in samples], "images": [s.images for s in samples],
-                       "id": [s.id for s in samples], "completion_ids": completions}  # fmt: skip
-            for key in {key for s in samples for key in s.meta}:
-                columns[key] = [s.meta.get(key) for s in samples]
+            columns = reward_columns(samples, completions)
             _, per = rewards([build_messages(s.messages, cfg) for s in samples], texts, columns)
             for j, s in enumerate(batch):
                 sl = slice(j * k, (j + 1) * k)

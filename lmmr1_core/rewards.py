@@ -214,3 +214,16 @@ class RewardSet:
     def close(self) -> None:
         for r in self.rewards:
             r.close()
+
+
+def reward_columns(samples: list, completions: list[list[int]]) -> dict[str, list]:
+    """TRL's reward contract: every dataset column as a keyword list aligned with the completions."""
+    columns: dict[str, list] = {
+        "answer": [s.answer for s in samples],
+        "images": [s.images for s in samples],
+        "id": [s.id for s in samples],
+        "completion_ids": completions,
+    }
+    for key in {k for s in samples for k in s.meta}:
+        columns[key] = [s.meta.get(key) for s in samples]
+    return columns

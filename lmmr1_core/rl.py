@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from lmmr1_core import load_algorithm, load_reward
-from lmmr1_core.rewards import RewardSet
+from lmmr1_core.rewards import RewardSet, reward_columns
 from lmmr1_core.trainer import (
     DataOrder,
     StageContext,
@@ -78,15 +78,7 @@ def collect_rollout(ctx: StageContext, rewards: RewardSet, algorithm, order: Dat
         for i in range(0, len(prompts), chunk):
             completions += backend.generate(prompts[i : i + chunk], gen.max_new_tokens, gen.temperature, gen.top_p)
         texts = [backend.decode(c) for c in completions]
-        # TRL's reward contract: dataset columns as keyword lists aligned with the completions.
-        columns = {
-            "answer": [s.answer for s in samples],
-            "images": [s.images for s in samples],
-            "id": [s.id for s in samples],
-            "completion_ids": completions,
-        }
-        for key in {k for s in samples for k in s.meta}:
-            columns[key] = [s.meta.get(key) for s in samples]
+        columns = reward_columns(samples, completions)
         messages = [build_messages(s.messages, cfg) for s in samples]
         totals, per_reward = rewards(messages, texts, columns)
         r = torch.tensor([float("nan") if t is None else t for t in totals])

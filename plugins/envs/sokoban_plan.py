@@ -118,28 +118,24 @@ def _plan(completion: str) -> tuple[list[str], str] | None:
 def sokoban_plan(prompts, completions, level=None, **kwargs: Any) -> list[float | None]:
     """LMM-R1's Sokoban reward: env return (best reached, floored at 0) + 0.5 format + plan-length
     bonus + 0.001 per word of thinking (at most 0.2); 0 for a malformed response."""
-    scores: list[float | None] = []
-    for completion, lv in zip(completions, level or [None] * len(completions)):
-        if lv is None:
-            scores.append(None)
-            continue
-        parsed = _plan(completion)
-        if parsed is None:
-            scores.append(0.0)
-            continue
+
+    def score(lv: str, parsed) -> float:
         actions, think = parsed
         env_return, _ = execute(lv, actions)
-        scores.append(env_return + 0.5 + plan_bonus(actions) + min(0.2, 0.001 * len(think.split())))
-    return scores
+        return env_return + 0.5 + plan_bonus(actions) + min(0.2, 0.001 * len(think.split()))
+
+    return _score_plans(completions, level, score)
 
 
 def sokoban_success(prompts, completions, level=None, **kwargs: Any) -> list[float | None]:
     """1.0 when the answered plan solves the level (first 50 actions, 120 env steps)."""
-    scores: list[float | None] = []
-    for completion, lv in zip(completions, level or [None] * len(completions)):
-        if lv is None:
-            scores.append(None)
-            continue
-        parsed = _plan(completion)
-        scores.append(float(execute(lv, parsed[0])[1]) if parsed else 0.0)
-    return scores
+    return _score_plans(completions, level, lambda lv, parsed: float(execute(lv, parsed[0])[1]))
+
+
+def _score_plans(completions, levels, score) -> list[float | None]:
+    """``score(level, (actions, thinking))`` per completion; 0 for malformed, None without a level."""
+    out: list[float | None] = []
+    for completion, lv in zip(completions, levels or [None] * len(completions)):
+        parsed = _plan(completion) if lv is not None else None
+        out.append(None if lv is None else (score(lv, parsed) if parsed else 0.0))
+    return out
