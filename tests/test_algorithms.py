@@ -216,3 +216,22 @@ def test_dapo_drops_zero_variance_groups_and_keeps_sampling(tiny_text, tmp_path,
     # every group scored all 1.0: all 3 rounds x 2 groups were seen and dropped, the step still ran
     assert row["groups/zero_variance_frac"] == 1.0
     assert row["advantage/std"] == 0.0 and row["reward/mean"] == 1.0
+
+
+def test_returns_and_gae_flow_across_masked_env_tokens():
+    # one episode of two turns: tokens [a a | env env | b], the env tokens masked out of the loss
+    mask = torch.tensor([[1.0, 1, 0, 0, 1]])
+    algo = load_algorithm("reinforce_pp", gamma=0.5)
+    # outcome 1.0 on the last assistant token; gamma steps only over assistant tokens: 0.125, 0.25, -, -, 1
+    from lmmr1_plugins.algorithms.common import discounted_returns, token_rewards
+
+    ret = discounted_returns(token_rewards(torch.tensor([1.0]), mask), mask, 0.5)
+    close(ret, torch.tensor([[0.25, 0.5, 0.0, 0.0, 1.0]]))
+    adv = algo.advantages(torch.tensor([1.0]), 1, mask)
+    assert adv[0, 2] == 0 and adv[0, 3] == 0
+    ppo = load_algorithm("ppo", gamma=1.0, lam=1.0)
+    values = torch.tensor([[0.2, 0.4, 9.0, 9.0, 0.6]])  # values at env tokens must not matter
+    adv, ret = ppo.gae(torch.tensor([1.0]), mask, None, values)
+    # lam = 1: A_t = G_t - V_t with G = 1 everywhere valid
+    close(adv, torch.tensor([[0.8, 0.6, 0.0, 0.0, 0.4]]))
+    close(ret, torch.tensor([[1.0, 1.0, 0.0, 0.0, 1.0]]))

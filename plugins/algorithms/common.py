@@ -31,22 +31,31 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     return out * torch.rsqrt(var + eps) * mask
 
 
-def token_rewards(rewards: torch.Tensor, mask: torch.Tensor, kl_reward: torch.Tensor | None = None) -> torch.Tensor:
+def last_valid_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last unmasked token (masks may have holes: env tokens of an episode)."""
+    T = mask.shape[1]
+    return (T - 1 - torch.flip(mask > 0, dims=[1]).float().argmax(-1)).long()
+
+
+def token_rewards(
+    rewards: torch.Tensor, mask: torch.Tensor, kl_reward: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-token rewards: the outcome reward on each sequence's last token, plus the KL penalty."""
     out = torch.zeros_like(mask)
-    last = (mask.sum(-1).long() - 1).clamp(min=0)
-    out[torch.arange(len(rewards)), last] = torch.nan_to_num(rewards, nan=0.0)
+    out[torch.arange(len(rewards)), last_valid_index(mask)] = torch.nan_to_num(rewards, nan=0.0)
     if kl_reward is not None:
         out = out + kl_reward * mask
     return out * mask
 
 
 def discounted_returns(token_r: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
-    """``G_t = r_t + gamma * G_{t+1}`` right to left, restarting past each sequence's end."""
+    """``G_t = r_t + gamma * G_next`` right to left over unmasked tokens; masked ones (padding, env
+    tokens between an episode's turns) are skipped, so a return flows back across turns."""
     out = torch.zeros_like(token_r)
     running = torch.zeros(token_r.shape[0], dtype=token_r.dtype)
     for t in range(token_r.shape[1] - 1, -1, -1):
-        running = token_r[:, t] + gamma * running * mask[:, t]
+        valid = mask[:, t] > 0
+        running = torch.where(valid, token_r[:, t] + gamma * running, running)
         out[:, t] = running
     return out * mask
 

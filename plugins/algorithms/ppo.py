@@ -19,18 +19,21 @@ class PPO(PolicyGradient):
         self.gamma, self.lam, self.value_clip, self.critic_lr = gamma, lam, value_clip, critic_lr
 
     def gae(self, rewards, mask, kl_reward, values) -> tuple[torch.Tensor, torch.Tensor]:
-        """(advantages, returns): ``delta_t = r_t + gamma V_{t+1} - V_t``, ``A_t = delta_t + gamma lam A_{t+1}``."""
-        valid = ~torch.isnan(rewards)
-        mask = mask * valid.unsqueeze(-1).to(mask)
+        """(advantages, returns): ``delta_t = r_t + gamma V_next - V_t``, ``A_t = delta_t + gamma lam A_next``,
+        over unmasked tokens only ("next" skips padding and the env tokens between an episode's turns)."""
+        valid_rows = ~torch.isnan(rewards)
+        mask = mask * valid_rows.unsqueeze(-1).to(mask)
         r = token_rewards(rewards, mask, kl_reward)
-        values = values * mask
         adv = torch.zeros_like(r)
         running = torch.zeros(r.shape[0], dtype=r.dtype)
+        next_v = torch.zeros(r.shape[0], dtype=r.dtype)
         for t in range(r.shape[1] - 1, -1, -1):
-            next_v = values[:, t + 1] if t + 1 < r.shape[1] else torch.zeros_like(running)
+            valid = mask[:, t] > 0
             delta = r[:, t] + self.gamma * next_v - values[:, t]
-            running = (delta + self.gamma * self.lam * running * mask[:, t + 1]) if t + 1 < r.shape[1] else delta
-            adv[:, t] = running * mask[:, t]
+            running = torch.where(valid, delta + self.gamma * self.lam * running, running)
+            next_v = torch.where(valid, values[:, t], next_v)
+            adv[:, t] = running
+        adv = adv * mask
         return adv, (adv + values) * mask
 
     def advantages(self, rewards, group_size, mask=None, kl_reward=None, values=None) -> torch.Tensor:
