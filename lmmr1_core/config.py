@@ -115,6 +115,20 @@ class OptimConfig(_Strict):
     )
 
 
+class EnvSpec(BaseModel):
+    """A multi-turn environment for an rl or eval stage; keys other than these configure the env."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(description="env plugin name (`sokoban`, ...)")
+    max_turns: int = Field(8, ge=1, description="model turns per episode")
+    max_episode_tokens: int = Field(4096, ge=16, description="context budget of an episode")
+    instruction: str | None = Field(None, description="text appended to every observation")
+    reward: Literal["return", "success"] = Field("return", description="episode return, or 1.0 on success")
+
+    def env_config(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class StageConfig(_Strict):
     kind: str = Field(description="stage kind plugin: `rl`, `sft`, `eval`")
     init_from: str | None = Field(None, description="start from this stage's final weights")
@@ -130,6 +144,7 @@ class StageConfig(_Strict):
     save_every: int = Field(10, ge=1, description="checkpoint every N steps (and at the end)")
     optim: OptimConfig = OptimConfig()
     # rl
+    env: EnvSpec | None = Field(None, description="multi-turn episodes with this env (data: `env_seeds`)")
     rewards: list[RewardSpec] = Field(default_factory=list)
     algorithm: AlgorithmConfig = AlgorithmConfig()
     generation: GenerationConfig = GenerationConfig()
@@ -266,6 +281,7 @@ def reference_text() -> str:
         ("stages.<name>.data[]", DataSpec),
         ("stages.<name>.rewards[]", RewardSpec),
         ("stages.<name>.algorithm", AlgorithmConfig),
+        ("stages.<name>.env", EnvSpec),
         ("stages.<name>.algorithm.kl", KLConfig),
         ("stages.<name>.generation", GenerationConfig),
         ("stages.<name>.optim", OptimConfig),

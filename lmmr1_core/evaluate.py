@@ -77,7 +77,41 @@ def compare_table(result_files: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
+def run_env_eval(ctx: StageContext) -> None:
+    """Success rate, mean return and mean turns over seeded episodes (greedy when eval_samples is 1)."""
+    from lmmr1_core.episodes import episode_record, run_episodes
+
+    cfg, k = ctx.config, ctx.config.eval_samples
+    ctx.hook.on_stage_start(stage=ctx.name, config=cfg, output_dir=str(ctx.out_dir))
+    ctx.backend.model.eval()
+    rows: list[dict[str, Any]] = []
+    chunk = max(1, cfg.micro_batch_size // k)
+    for i in tqdm(range(0, len(ctx.samples), chunk), desc=f"{ctx.name} (eval, episodes)", dynamic_ncols=True):
+        batch = ctx.samples[i : i + chunk]
+        episodes = run_episodes(ctx, [s for s in batch for _ in range(k)], greedy=k == 1)
+        for j, s in enumerate(batch):
+            eps = episodes[j * k : (j + 1) * k]
+            rows.append({"id": s.id, "source": s.source, "category": _category(s, cfg.category_key),
+                         "episodes": [episode_record(e) for e in eps],
+                         "scores": {"success": [float(e.success) for e in eps],
+                                    "return": [sum(e.turn_rewards) for e in eps],
+                                    "turns": [float(len(e.responses)) for e in eps]}})  # fmt: skip
+    _write_results(ctx, rows, summarize(rows, ["success", "return", "turns"], k))
+
+
+def _write_results(ctx: StageContext, rows: list[dict[str, Any]], results: dict[str, Any]) -> None:
+    results["counters"] = dict(ctx.counters)
+    ctx.log.samples(0, rows)
+    table = format_table(results)
+    with atomic_dir(ctx.out_dir / "final") as tmp:
+        (tmp / "results.json").write_text(json.dumps(results, indent=2))
+        (tmp / "table.txt").write_text(table + "\n")
+    print(f"{ctx.name}:\n{table}", file=sys.stderr)
+
+
 def run_eval(ctx: StageContext) -> None:
+    if ctx.config.env is not None:
+        return run_env_eval(ctx)
     cfg, backend = ctx.config, ctx.backend
     k, gen = cfg.eval_samples, cfg.generation
     names = [r.name for r in cfg.rewards]
@@ -120,11 +154,5 @@ def run_eval(ctx: StageContext) -> None:
     finally:
         bar.close()
         rewards.close()
-    results = summarize(rows, names, k)
-    results["counters"] = {**ctx.counters, **rewards.counters()}
-    ctx.log.samples(0, rows)
-    table = format_table(results)
-    with atomic_dir(ctx.out_dir / "final") as tmp:
-        (tmp / "results.json").write_text(json.dumps(results, indent=2))
-        (tmp / "table.txt").write_text(table + "\n")
-    print(f"{ctx.name}:\n{table}", file=sys.stderr)
+    ctx.counters.update(rewards.counters())
+    _write_results(ctx, rows, summarize(rows, names, k))

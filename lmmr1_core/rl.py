@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from lmmr1_core import load_algorithm, load_reward
+from lmmr1_core.episodes import episode_record, episode_reward, run_episodes
 from lmmr1_core.rewards import RewardSet, reward_columns
 from lmmr1_core.trainer import (
     DataOrder,
@@ -59,6 +60,8 @@ class Rollout:
     per_reward: dict[str, list[float | None]]
     groups_seen: int
     groups_dropped: int
+    loss_mask: torch.Tensor | None = None  # [B, T]: 0 on env-written tokens of multi-turn episodes
+    episodes: list | None = None
 
 
 def collect_rollout(ctx: StageContext, rewards: RewardSet, algorithm, order: DataOrder, position: int):
@@ -108,6 +111,31 @@ def collect_rollout(ctx: StageContext, rewards: RewardSet, algorithm, order: Dat
     ), position
 
 
+def collect_episode_rollout(ctx: StageContext, order: DataOrder, position: int):
+    """Multi-turn: ``group_size`` episodes per env seed; the episode's return (or success) is the reward."""
+    cfg, G = ctx.config, ctx.config.algorithm.group_size
+    seeds = [ctx.samples[order.index(position + i)] for i in range(cfg.batch_size)]
+    samples = [s for s in seeds for _ in range(G)]
+    episodes = run_episodes(ctx, samples)
+    T = max(len(e.completion) for e in episodes)
+    return Rollout(
+        samples=samples,
+        prompts=[e.training_prompt() for e in episodes],
+        completions=[e.completion for e in episodes],
+        texts=["\n---\n".join(e.responses) for e in episodes],
+        rewards=torch.tensor([episode_reward(e, cfg.env.reward) for e in episodes]),
+        per_reward={
+            "env/return": [sum(e.turn_rewards) for e in episodes],
+            "env/success": [float(e.success) for e in episodes],
+            "env/turns": [float(len(e.responses)) for e in episodes],
+        },
+        groups_seen=len(seeds),
+        groups_dropped=0,
+        loss_mask=torch.tensor([e.loss_mask + [0.0] * (T - len(e.loss_mask)) for e in episodes]),
+        episodes=episodes,
+    ), position + len(seeds)
+
+
 def completion_mask(completions: list[list[int]]) -> torch.Tensor:
     T = max(len(c) for c in completions)
     return torch.tensor([[1.0] * len(c) + [0.0] * (T - len(c)) for c in completions])
@@ -151,11 +179,16 @@ def run_rl(ctx: StageContext) -> None:
             t0 = time.perf_counter()
             # 1. Rollout and rewards.
             backend.train()
-            ro, position = collect_rollout(ctx, rewards, algorithm, order, position)
+            if cfg.env is not None:
+                ro, position = collect_episode_rollout(ctx, order, position)
+            else:
+                ro, position = collect_rollout(ctx, rewards, algorithm, order, position)
             t_gen = time.perf_counter() - t0
             B, T = len(ro.completions), max(len(c) for c in ro.completions)
             applicable = ~torch.isnan(ro.rewards)
             mask = completion_mask(ro.completions) * applicable.unsqueeze(-1)
+            if ro.loss_mask is not None:  # only the model's own turns are trained
+                mask = mask * ro.loss_mask
 
             # 2. What the update needs from before it: old and reference log-probs, critic values.
             t1 = time.perf_counter()
@@ -249,7 +282,10 @@ def run_rl(ctx: StageContext) -> None:
                 **ctx.counters,
             }
             ctx.log.metrics(step, metrics)
-            if step % cfg.samples_every == 0:
+            if step % cfg.samples_every == 0 and ro.episodes is not None:
+                ctx.log.samples(step, [{**episode_record(e), "reward": float(r)}
+                                       for e, r in zip(ro.episodes[:16], ro.rewards)])  # fmt: skip
+            elif step % cfg.samples_every == 0:
                 rows = []
                 for j, (s, text) in enumerate(zip(ro.samples[:16], ro.texts)):
                     rew = None if torch.isnan(ro.rewards[j]) else float(ro.rewards[j])

@@ -44,7 +44,9 @@ def check_plugins(cfg: RunConfig, path: str) -> None:
             check("datasets", d.dataset, f"stages.{sname}.data.{i}.dataset")
         if st.kind == "rl":
             check("algorithms", st.algorithm.name, f"stages.{sname}.algorithm.name")
-        if st.kind in ("rl", "eval") and not st.rewards:
+        if st.env is not None:
+            check("envs", st.env.name, f"stages.{sname}.env.name")
+        elif st.kind in ("rl", "eval") and not st.rewards:
             raise ConfigError(f"{path}: stages.{sname}.rewards: an {st.kind} stage needs at least one reward")
         for i, r in enumerate(st.rewards):
             check("rewards", r.name, f"stages.{sname}.rewards.{i}.name")

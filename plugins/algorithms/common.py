@@ -37,9 +37,7 @@ def last_valid_index(mask: torch.Tensor) -> torch.Tensor:
     return (T - 1 - torch.flip(mask > 0, dims=[1]).float().argmax(-1)).long()
 
 
-def token_rewards(
-    rewards: torch.Tensor, mask: torch.Tensor, kl_reward: torch.Tensor | None = None
-) -> torch.Tensor:
+def token_rewards(rewards: torch.Tensor, mask: torch.Tensor, kl_reward: torch.Tensor | None = None) -> torch.Tensor:
     """Per-token rewards: the outcome reward on each sequence's last token, plus the KL penalty."""
     out = torch.zeros_like(mask)
     out[torch.arange(len(rewards)), last_valid_index(mask)] = torch.nan_to_num(rewards, nan=0.0)

@@ -24,7 +24,10 @@ def register_envs(register):
 
 @hookimpl
 def register_datasets(register):
+    from lmmr1_core.episodes import env_seeds
+
     register("sokoban_levels", sokoban_levels)
+    register("env_seeds", env_seeds)
 
 
 @hookimpl

@@ -153,7 +153,24 @@ class HFBackend:
 
     def encode(self, messages: list[dict[str, Any]], images: list[Any] = (), sample_id: str = "") -> Prompt:
         """Render with the chat template; each image placeholder becomes one token per feature."""
-        text = self.render(messages)
+        return self._encode_text(self.render(messages), images, sample_id)
+
+    def encode_continuation(
+        self, history: list[dict[str, Any]], new: list[dict[str, Any]], images: list[Any] = (), sample_id: str = ""
+    ) -> Prompt:
+        """The tokens that follow an assistant turn (which ended at its EOS) when ``new`` messages are
+        appended: the env's next observation and the next assistant header. Rendering the whole
+        conversation and keeping the text after the last EOS keeps every template's own separators."""
+        eos = self.tokenizer.eos_token
+        before = self.tokenizer.apply_chat_template(history, tokenize=False, chat_template=self.chat_template)
+        full = self.render(history + new)
+        cut = before.rfind(eos) + len(eos)
+        if cut < len(eos) or full[:cut] != before[:cut]:
+            raise DataError(f"sample {sample_id}: the chat template renders earlier turns differently once a turn "
+                            "is added; multi-turn rollouts need a template that only appends")  # fmt: skip
+        return self._encode_text(full[cut:], images, sample_id)
+
+    def _encode_text(self, text: str, images: list[Any], sample_id: str) -> Prompt:
         if not images:
             return Prompt(self.tokenizer(text, add_special_tokens=False).input_ids)
         if not self.is_vl:

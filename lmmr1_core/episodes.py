@@ -1,0 +1,123 @@
+"""Multi-turn episodes: the model and an env take turns; one training sequence per episode.
+
+Each turn the model sees the whole conversation so far (every observation image kept, so
+Qwen2.5-VL's multimodal positions are computed over the real sequence) and answers; the env steps
+on the answer and its next observation is appended as a user turn. The training sequence is the
+first prompt plus everything after it; the tokens the env wrote (its observations, the chat
+headers) carry loss mask 0, so only the model's own turns are trained. An episode ends when the
+env says done, after ``max_turns``, or when the next turn would pass ``max_episode_tokens``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lmmr1_core import Sample, load_env
+from lmmr1_core.trainer import StageContext, build_messages
+
+
+def env_seeds(n: int = 100, seed: int = 0) -> list[Sample]:
+    """Episode seeds for an env stage (training and evaluation use different ``seed``s)."""
+    return [Sample(messages=[], meta={"env_seed": seed * 1_000_003 + i}, id=f"seed-{seed}-{i}") for i in range(n)]
+
+
+def observation_message(obs, instruction: str | None) -> dict[str, Any]:
+    text = obs.text + (f"\n{instruction}" if instruction else "")
+    return {
+        "role": "user",
+        "content": [*({"type": "image", "image": im} for im in obs.images), {"type": "text", "text": text}],
+    }
+
+
+@dataclass
+class Episode:
+    env: Any
+    sample: Sample
+    messages: list[dict[str, Any]]
+    prompt: Any  # the first turn's encoded prompt
+    completion: list[int] = field(default_factory=list)  # all tokens after the first prompt
+    loss_mask: list[float] = field(default_factory=list)  # 1 for the model's tokens, 0 for the env's
+    pixel_values: list[torch.Tensor] = field(default_factory=list)
+    grids: list[torch.Tensor] = field(default_factory=list)
+    responses: list[str] = field(default_factory=list)
+    turn_rewards: list[float] = field(default_factory=list)
+    done: bool = False
+    success: bool = False
+
+    def context(self):
+        """The whole conversation so far as one prompt (all images, in order)."""
+        pix = torch.cat(self.pixel_values) if self.pixel_values else None
+        grid = torch.cat(self.grids) if self.grids else None
+        return type(self.prompt)(self.prompt.input_ids + self.completion, pix, grid)
+
+    def training_prompt(self):
+        pix = torch.cat(self.pixel_values) if self.pixel_values else None
+        grid = torch.cat(self.grids) if self.grids else None
+        return type(self.prompt)(self.prompt.input_ids, pix, grid)
+
+    def _add_images(self, encoded) -> None:
+        if encoded.pixel_values is not None:
+            self.pixel_values.append(encoded.pixel_values)
+            self.grids.append(encoded.image_grid_thw)
+
+
+def run_episodes(ctx: StageContext, samples: list[Sample], greedy: bool = False) -> list[Episode]:
+    """Play one episode per sample (its ``env_seed``), all episodes' turns generated as one batch."""
+    cfg, backend, spec = ctx.config, ctx.backend, ctx.config.env
+    gen = cfg.generation
+    eos = backend.tokenizer.eos_token_id
+    episodes = []
+    for sample in samples:
+        env = load_env(spec.name, **spec.env_config())
+        obs = env.reset(sample.meta["env_seed"])
+        messages = build_messages([observation_message(obs, spec.instruction)], cfg)
+        ep = Episode(env, sample, messages, prompt=backend.encode(messages, obs.images, sample.id))
+        ep._add_images(ep.prompt)
+        episodes.append(ep)
+    for _turn in range(spec.max_turns):
+        active = [e for e in episodes if not e.done]
+        if not active:
+            break
+        outs: list[list[int]] = []
+        chunk = cfg.micro_batch_size * 4
+        for i in range(0, len(active), chunk):
+            outs += backend.generate([e.context() for e in active[i : i + chunk]], gen.max_new_tokens,
+                                     gen.temperature, gen.top_p, greedy=greedy)  # fmt: skip
+        for ep, ids in zip(active, outs):
+            text = backend.decode(ids)
+            ep.completion += ids
+            ep.loss_mask += [1.0] * len(ids)
+            if not ids or ids[-1] not in backend.eos_ids:  # cut off: close the turn (not trained on)
+                ep.completion.append(eos)
+                ep.loss_mask.append(0.0)
+            obs, reward, done, info = ep.env.step(text)
+            ep.responses.append(text)
+            ep.turn_rewards.append(float(reward))
+            ep.success = bool(info.get("success", False))
+            ep.messages.append({"role": "assistant", "content": text})
+            if done or len(ep.responses) >= spec.max_turns:
+                ep.done = True
+                continue
+            new = [observation_message(obs, spec.instruction)]
+            seg = backend.encode_continuation(ep.messages, new, obs.images, ep.sample.id)
+            if len(ep.prompt.input_ids) + len(ep.completion) + len(seg.input_ids) > spec.max_episode_tokens:
+                ep.done = True  # the context budget is spent
+                continue
+            ep.messages += new
+            ep.completion += seg.input_ids
+            ep.loss_mask += [0.0] * len(seg.input_ids)
+            ep._add_images(seg)
+    return episodes
+
+
+def episode_reward(ep: Episode, how: str) -> float:
+    return float(ep.success) if how == "success" else sum(ep.turn_rewards)
+
+
+def episode_record(ep: Episode) -> dict[str, Any]:
+    """What ``episodes.jsonl`` keeps: enough to replay the episode (env, seed, responses)."""
+    return {"id": ep.sample.id, "env_seed": ep.sample.meta["env_seed"], "responses": ep.responses,
+            "turn_rewards": ep.turn_rewards, "return": sum(ep.turn_rewards), "success": ep.success}  # fmt: skip

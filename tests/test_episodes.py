@@ -1,0 +1,49 @@
+"""Multi-turn episodes: the training sequence is exactly what the model saw and said, env tokens masked."""
+
+import torch
+
+from lmmr1_core import load_model
+from lmmr1_core.config import StageConfig
+from lmmr1_core.episodes import env_seeds, run_episodes
+from lmmr1_core.trainer import StageContext
+
+
+def ctx_for(backend, **env):
+    cfg = StageConfig(kind="rl", data=[{"dataset": "env_seeds"}], steps=1, micro_batch_size=4,
+                      env={"name": "sokoban", "dim": [6, 6], "num_boxes": 1, "max_turns": 3, **env},
+                      generation={"max_new_tokens": 6})  # fmt: skip
+    return StageContext("t", cfg, None, None, backend, [], "", None)
+
+
+def test_episode_sequences_masks_and_images(tiny_vl):
+    torch.manual_seed(0)
+    b = load_model("hf", path=str(tiny_vl), max_pixels=12544)
+    episodes = run_episodes(ctx_for(b), env_seeds(n=2, seed=5))
+    for ep in episodes:
+        assert len(ep.responses) == 3  # a random model never solves it: max_turns ends the episode
+        assert len(ep.completion) == len(ep.loss_mask)
+        assert ep.turn_rewards == [-0.1] * 3  # format penalty each turn
+        ids = ep.prompt.input_ids + ep.completion
+        image_token = b.model.config.image_token_id
+        merge = b.image_processor.merge_size**2
+        prompt = ep.training_prompt()
+        assert len(ep.pixel_values) == 3  # the first board and two later ones
+        assert ids.count(image_token) == sum(int(g.prod()) // merge for g in prompt.image_grid_thw)
+        # env tokens (the next board, chat headers) carry mask 0 and hold the image placeholders
+        assert all(m == 0.0 for t, m in zip(ep.completion, ep.loss_mask) if t == image_token)
+        assert 0 < sum(ep.loss_mask) < len(ep.loss_mask)
+    # the whole episode scores in one forward; the first turn's log-probs equal scoring it alone
+    with torch.no_grad():
+        logp, mask, _ = b.logprobs([e.training_prompt() for e in episodes], [e.completion for e in episodes])
+        ep = episodes[0]
+        n1 = ep.loss_mask.index(0.0)  # the first model turn, before any env token
+        alone, _, _ = b.logprobs([ep.prompt], [ep.completion[:n1]])
+    torch.testing.assert_close(logp[0, :n1], alone[0], atol=1e-4, rtol=0)
+    assert mask[0].sum() == len(ep.completion)
+
+
+def test_budget_ends_an_episode(tiny_vl):
+    torch.manual_seed(0)
+    b = load_model("hf", path=str(tiny_vl), max_pixels=12544)
+    [ep] = run_episodes(ctx_for(b, max_turns=5, max_episode_tokens=120), env_seeds(n=1, seed=2))
+    assert len(ep.responses) < 5 and len(ep.prompt.input_ids) + len(ep.completion) <= 120
