@@ -190,6 +190,23 @@ def data_make(name: str, out_dir: str, n: int, seed: int) -> None:
     click.echo(f"wrote {n} {name} problems to {path}")
 
 
+@main.group()
+def episodes() -> None:
+    """Look at logged env episodes."""
+
+
+@episodes.command("show")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--stage", default=None, help="stage name (default: the first with episodes)")
+@click.option("--index", default=0, show_default=True, help="which logged episode")
+@click.option("--out", default=None, help="GIF path (default: RUN_DIR/STAGE/episode-INDEX.gif)")
+def episodes_show(run_dir: str, stage: str | None, index: int, out: str | None) -> None:
+    """Replay a logged episode in its env and write an animated GIF of the frames and actions."""
+    from lmmr1_core.viewer import render_episode
+
+    click.echo(f"wrote {render_episode(run_dir, stage, index, out)}")
+
+
 @main.command()
 def reference() -> None:
     """Print the stage-file reference (every key, its type, default and meaning)."""

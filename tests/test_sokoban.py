@@ -170,3 +170,32 @@ def test_quickstart_sokoban_runs_plan_mode_end_to_end(tmp_path):
     assert len(rows) == 3 and "reward/sokoban_plan" in rows[0]
     before = json.loads((run / "eval_before/final/results.json").read_text())
     assert before["datasets"]["sokoban-6x6"]["n"] == 4 and "sokoban_success" in before["overall"]
+
+
+def test_multiturn_quickstart_and_episode_viewer(tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(__file__).parent.parent
+    shutil.copytree(root / "stages", tmp_path / "stages")
+    sets = ["stages.mgt_sokoban.steps=1", "stages.mgt_sokoban.batch_size=1", "stages.eval_after.data.0.n=2"]
+    cmd = [sys.executable, "-m", "lmmr1_core.cli", "run", "stages/quickstart_sokoban_multiturn.yaml"]
+    result = subprocess.run([*cmd, *(a for s in sets for a in ("--set", s))], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "runs/quickstart_sokoban_multiturn"
+    row = json.loads((run / "mgt_sokoban/metrics.jsonl").read_text())
+    assert {"reward/env/return", "reward/env/success", "reward/env/turns"} <= set(row)
+    res = json.loads((run / "eval_after/final/results.json").read_text())
+    assert res["overall"]["n"] == 2 and 0.0 <= res["overall"]["success"] <= 1.0
+    show = ["episodes", "show", str(run), "--stage", "mgt_sokoban", "--out", str(tmp_path / "ep.gif")]
+    view = subprocess.run([sys.executable, "-m", "lmmr1_core.cli", *show], capture_output=True, text=True)
+    assert view.returncode == 0, view.stderr
+    episode = json.loads((run / "mgt_sokoban/samples.jsonl").read_text().splitlines()[0])
+    gif = Image.open(tmp_path / "ep.gif")
+    assert gif.n_frames == 1 + len(episode["responses"])  # the start, then one frame per turn
