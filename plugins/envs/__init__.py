@@ -1,4 +1,4 @@
-"""Built-in environments: Sokoban (multi-turn env, and LMM-R1's single-turn plan mode)."""
+"""Built-in environments: Sokoban (multi-turn env, and LMM-R1's single-turn plan mode) and Football."""
 
 from lmmr1_plugins.envs.sokoban import SokobanEnv
 from lmmr1_plugins.envs.sokoban_plan import sokoban_levels, sokoban_plan, sokoban_success
@@ -17,9 +17,16 @@ def _sokoban(levels_file: str | None = None, **cfg):
     return SokobanEnv(**cfg)
 
 
+def _football(**cfg):
+    from lmmr1_plugins.envs.football import FootballEnv
+
+    return FootballEnv(**cfg)
+
+
 @hookimpl
 def register_envs(register):
     register("sokoban", _sokoban)
+    register("football", _football)
 
 
 @hookimpl
