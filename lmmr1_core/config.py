@@ -123,7 +123,11 @@ class EnvSpec(BaseModel):
     max_turns: int = Field(8, ge=1, description="model turns per episode")
     max_episode_tokens: int = Field(4096, ge=16, description="context budget of an episode")
     instruction: str | None = Field(None, description="text appended to every observation")
-    reward: Literal["return", "success"] = Field("return", description="episode return, or 1.0 on success")
+    reward: Literal["return", "success", "per_turn"] = Field(
+        "return",
+        description="the episode's return; 1.0 on success; or per_turn: each turn's env reward on that turn's "
+        "tokens (token-level algorithms credit turns apart; outcome-level ones see the return)",
+    )
 
     def env_config(self) -> dict[str, Any]:
         return dict(self.model_extra or {})

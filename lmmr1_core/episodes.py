@@ -44,6 +44,7 @@ class Episode:
     grids: list[torch.Tensor] = field(default_factory=list)
     responses: list[str] = field(default_factory=list)
     turn_rewards: list[float] = field(default_factory=list)
+    turn_ends: list[int] = field(default_factory=list)  # index in ``completion`` of each turn's last model token
     done: bool = False
     success: bool = False
 
@@ -90,6 +91,7 @@ def run_episodes(ctx: StageContext, samples: list[Sample], greedy: bool = False)
             text = backend.decode(ids)
             ep.completion += ids
             ep.loss_mask += [1.0] * len(ids)
+            ep.turn_ends.append(len(ep.completion) - 1)
             if not ids or ids[-1] not in backend.eos_ids:  # cut off: close the turn (not trained on)
                 ep.completion.append(eos)
                 ep.loss_mask.append(0.0)
@@ -115,6 +117,15 @@ def run_episodes(ctx: StageContext, samples: list[Sample], greedy: bool = False)
 
 def episode_reward(ep: Episode, how: str) -> float:
     return float(ep.success) if how == "success" else sum(ep.turn_rewards)
+
+
+def dense_rewards(episodes: list[Episode], T: int) -> torch.Tensor:
+    """``[B, T]``: each turn's env reward on that turn's last model token (``reward: per_turn``)."""
+    out = torch.zeros(len(episodes), T)
+    for i, ep in enumerate(episodes):
+        for end, r in zip(ep.turn_ends, ep.turn_rewards):
+            out[i, end] += r
+    return out
 
 
 def episode_record(ep: Episode) -> dict[str, Any]:

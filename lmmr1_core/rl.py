@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from lmmr1_core import load_algorithm, load_reward
-from lmmr1_core.episodes import episode_record, episode_reward, run_episodes
+from lmmr1_core.episodes import dense_rewards, episode_record, episode_reward, run_episodes
 from lmmr1_core.rewards import RewardSet, reward_columns
 from lmmr1_core.trainer import (
     DataOrder,
@@ -61,6 +61,7 @@ class Rollout:
     groups_seen: int
     groups_dropped: int
     loss_mask: torch.Tensor | None = None  # [B, T]: 0 on env-written tokens of multi-turn episodes
+    dense_rewards: torch.Tensor | None = None  # [B, T]: per-turn env rewards (env reward: per_turn)
     episodes: list | None = None
 
 
@@ -132,6 +133,7 @@ def collect_episode_rollout(ctx: StageContext, order: DataOrder, position: int):
         groups_seen=len(seeds),
         groups_dropped=0,
         loss_mask=torch.tensor([e.loss_mask + [0.0] * (T - len(e.loss_mask)) for e in episodes]),
+        dense_rewards=dense_rewards(episodes, T) if cfg.env.reward == "per_turn" else None,
         episodes=episodes,
     ), position + len(seeds)
 
@@ -205,8 +207,12 @@ def run_rl(ctx: StageContext) -> None:
             values = score_tokens(ctx, backend.values, ro, T) if algorithm.needs_critic else None
 
             # 3. Advantages ([B, T]; zero where no reward applied or past a completion's end).
-            advantages = algorithm.advantages(ro.rewards, G, mask, kl_reward, values) * mask
-            returns = algorithm.value_targets(ro.rewards, mask, kl_reward, values) if values is not None else None
+            outcome, token_r = ro.rewards, kl_reward
+            if ro.dense_rewards is not None:  # per-turn env rewards ride with the per-token (KL) rewards
+                token_r = ro.dense_rewards if token_r is None else token_r + ro.dense_rewards
+                outcome = torch.where(applicable, torch.zeros_like(outcome), outcome)
+            advantages = algorithm.advantages(outcome, G, mask, token_r, values) * mask
+            returns = algorithm.value_targets(outcome, mask, token_r, values) if values is not None else None
 
             # 4. Updates: epochs x mini-batches optimizer steps, each accumulated over micro-batches.
             stats = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_frac": 0.0, "approx_kl": 0.0,

@@ -1,5 +1,6 @@
 """Multi-turn episodes: the training sequence is exactly what the model saw and said, env tokens masked."""
 
+import pytest
 import torch
 
 from lmmr1_core import load_model
@@ -47,3 +48,37 @@ def test_budget_ends_an_episode(tiny_vl):
     b = load_model("hf", path=str(tiny_vl), max_pixels=12544)
     [ep] = run_episodes(ctx_for(b, max_turns=5, max_episode_tokens=120), env_seeds(n=1, seed=2))
     assert len(ep.responses) < 5 and len(ep.prompt.input_ids) + len(ep.completion) <= 120
+
+
+def test_per_turn_rewards_sit_on_each_turns_last_model_token(tiny_vl):
+    from lmmr1_core.episodes import dense_rewards
+
+    torch.manual_seed(1)
+    b = load_model("hf", path=str(tiny_vl), max_pixels=12544)
+    episodes = run_episodes(ctx_for(b, reward="per_turn"), env_seeds(n=2, seed=7))
+    T = max(len(e.completion) for e in episodes)
+    dense = dense_rewards(episodes, T)
+    for i, ep in enumerate(episodes):
+        assert len(ep.turn_ends) == len(ep.responses)
+        assert all(ep.loss_mask[end] == 1.0 for end in ep.turn_ends)  # a model token, not the env's
+        assert float(dense[i].sum()) == pytest.approx(sum(ep.turn_rewards))
+        assert int((dense[i] != 0).sum()) == len(ep.turn_ends)
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_per_turn_rewards_train_with_token_and_outcome_algorithms(tiny_vl, tmp_path, algorithm):
+    import json
+
+    from click.testing import CliRunner
+
+    from lmmr1_core.cli import main
+
+    sets = [f"model.path={tiny_vl}", "model.tiny=null", "stages.mgt_sokoban.steps=1",
+            "stages.mgt_sokoban.batch_size=1", "stages.mgt_sokoban.env.reward=per_turn",
+            "stages.mgt_sokoban.env.max_turns=2", f"stages.mgt_sokoban.algorithm.name={algorithm}",
+            "stages.eval_after.data.0.n=1", "stages.eval_after.env.max_turns=1"]  # fmt: skip
+    args = ["run", "stages/quickstart_sokoban_multiturn.yaml", "--output-dir", str(tmp_path)]
+    result = CliRunner().invoke(main, [*args, *(a for s in sets for a in ("--set", s))])
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "quickstart_sokoban_multiturn/mgt_sokoban/metrics.jsonl").read_text())
+    assert row["reward/env/turns"] <= 2 and row["reward/mean"] == pytest.approx(row["reward/env/return"])
