@@ -295,7 +295,8 @@ def run_rl(ctx: StageContext) -> None:
                 rows = []
                 for j, (s, text) in enumerate(zip(ro.samples[:16], ro.texts)):
                     rew = None if torch.isnan(ro.rewards[j]) else float(ro.rewards[j])
-                    rows.append({"id": s.id, "completion": text, "answer": s.answer, "reward": rew,
+                    rows.append({"id": s.id, "prompt": _last_user_text(s.messages), "completion": text,
+                                 "answer": s.answer, "reward": rew,
                                  "rewards": {k: v[j] for k, v in ro.per_reward.items()}})  # fmt: skip
                 ctx.log.samples(step, rows)
             bar.update(1)
@@ -325,3 +326,13 @@ def _zero_variance_frac(rewards: torch.Tensor, group_size: int) -> float:
         vals = g[~torch.isnan(g)]
         flat += int(len(vals) < 2 or bool((vals == vals[0]).all()))
     return flat / len(groups)
+
+
+def _last_user_text(messages: list[dict]) -> str:
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, str):
+                return content
+            return " ".join(i.get("text", "") for i in content or [] if isinstance(i, dict) and i.get("type") == "text")
+    return ""

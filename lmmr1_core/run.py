@@ -46,6 +46,9 @@ def check_plugins(cfg: RunConfig, path: str) -> None:
             check("algorithms", st.algorithm.name, f"stages.{sname}.algorithm.name")
         if st.env is not None:
             check("envs", st.env.name, f"stages.{sname}.env.name")
+            if st.rewards:
+                raise ConfigError(f"{path}: stages.{sname}.rewards: an env stage is rewarded by its env "
+                                  "(env.reward: return, success or per_turn); remove `rewards`")  # fmt: skip
         elif st.kind in ("rl", "eval") and not st.rewards:
             raise ConfigError(f"{path}: stages.{sname}.rewards: an {st.kind} stage needs at least one reward")
         for i, r in enumerate(st.rewards):

@@ -141,3 +141,10 @@ def test_reference_lists_every_stage_key():
     out = CliRunner().invoke(main, ["reference"]).output
     for key in ("init_from", "max_new_tokens", "group_size", "timeout_s", "target_template"):
         assert f"  {key}:" in out
+
+
+def test_env_stage_with_rewards_is_an_error(tmp_path):
+    p = stage_file(tmp_path)
+    p.write_text(p.read_text().replace("init_from: a", "init_from: a\n    env: {name: sokoban}"))
+    result = validate(p)
+    assert result.exit_code == 2 and "stages.b.rewards: an env stage is rewarded by its env" in result.output

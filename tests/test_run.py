@@ -87,7 +87,8 @@ def test_run_writes_outputs_and_rerun_skips_finished_stages(tiny_text, tmp_path)
     assert rows[0]["kl"] == 0.0  # the reference is the stage's starting weights
     assert all(r["kl"] >= 0 for r in rows)
     samples = read_jsonl(rl / "samples.jsonl")
-    assert {"step", "id", "completion", "reward", "rewards", "answer"} <= set(samples[0])
+    assert {"step", "id", "prompt", "completion", "reward", "rewards", "answer"} <= set(samples[0])
+    assert samples[0]["prompt"].startswith("What is ")
     assert list((rl / "tensorboard").glob("events.out.tfevents.*"))
     final = rl / "final"
     assert (final / "model.safetensors").exists()
