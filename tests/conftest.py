@@ -45,3 +45,14 @@ def plugin(request):
 def write_stage(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def run_stage_file(tmp_path: Path, name: str, sets: list[str] = ()):
+    """``lmmr1 run stages/NAME`` as a user runs it: a subprocess in a fresh directory holding a copy of
+    ``stages/``; returns the finished process (stdout/stderr captured)."""
+    import shutil
+    import subprocess
+
+    shutil.copytree(TESTS.parent / "stages", tmp_path / "stages", dirs_exist_ok=True)
+    cmd = [sys.executable, "-m", "lmmr1_core.cli", "run", f"stages/{name}", *(a for s in sets for a in ("--set", s))]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)

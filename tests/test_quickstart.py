@@ -1,23 +1,17 @@
 """The README's quickstart, as written: the rl stage's reward must visibly rise."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import run_stage_file
 
 ROOT = Path(__file__).parent.parent
 
 
 def test_quickstart_reward_rises(tmp_path):
-    shutil.copytree(ROOT / "stages", tmp_path / "stages")
-    result = subprocess.run(
-        [sys.executable, "-m", "lmmr1_core.cli", "run", "stages/quickstart.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_stage_file(tmp_path, "quickstart.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "done: runs/quickstart" in result.stdout
     rows = [json.loads(x) for x in (tmp_path / "runs/quickstart/fre/metrics.jsonl").read_text().splitlines()]
@@ -51,11 +45,7 @@ def test_recipe_stage_files_validate_and_follow_lmmr1():
 
 
 def test_quickstart_geo_trains_on_images_and_evaluates_before_and_after(tmp_path):
-    shutil.copytree(ROOT / "stages", tmp_path / "stages")
-    result = subprocess.run(
-        [sys.executable, "-m", "lmmr1_core.cli", "run", "stages/quickstart_geo.yaml"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    result = run_stage_file(tmp_path, "quickstart_geo.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "runs/quickstart_geo"
     mgt = [json.loads(x) for x in (run / "mgt_geo/metrics.jsonl").read_text().splitlines()]

@@ -1,6 +1,11 @@
 """Sokoban: generation, solver, XSB files, env invariants under bad input, LMM-R1's plan reward."""
 
+import json
+import subprocess
+import sys
+
 import pytest
+from conftest import run_stage_file
 from lmmr1_plugins.envs.sokoban import generate_level, parse_xsb, solve
 from lmmr1_plugins.envs.sokoban_plan import execute, plan_bonus
 
@@ -152,18 +157,8 @@ def test_sokoban_levels_dataset():
 
 
 def test_quickstart_sokoban_runs_plan_mode_end_to_end(tmp_path):
-    import json
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).parent.parent
-    shutil.copytree(root / "stages", tmp_path / "stages")
     sets = ["stages.warmup.steps=4", "stages.mgt_sokoban.steps=3", "stages.eval_before.data.0.n=4"]
-    cmd = [sys.executable, "-m", "lmmr1_core.cli", "run", "stages/quickstart_sokoban.yaml"]
-    result = subprocess.run([*cmd, *(a for s in sets for a in ("--set", s))], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
+    result = run_stage_file(tmp_path, "quickstart_sokoban.yaml", sets)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "runs/quickstart_sokoban"
     rows = [json.loads(x) for x in (run / "mgt_sokoban/metrics.jsonl").read_text().splitlines()]
@@ -173,20 +168,10 @@ def test_quickstart_sokoban_runs_plan_mode_end_to_end(tmp_path):
 
 
 def test_multiturn_quickstart_and_episode_viewer(tmp_path):
-    import json
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from PIL import Image
 
-    root = Path(__file__).parent.parent
-    shutil.copytree(root / "stages", tmp_path / "stages")
     sets = ["stages.mgt_sokoban.steps=1", "stages.mgt_sokoban.batch_size=1", "stages.eval_after.data.0.n=2"]
-    cmd = [sys.executable, "-m", "lmmr1_core.cli", "run", "stages/quickstart_sokoban_multiturn.yaml"]
-    result = subprocess.run([*cmd, *(a for s in sets for a in ("--set", s))], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
+    result = run_stage_file(tmp_path, "quickstart_sokoban_multiturn.yaml", sets)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "runs/quickstart_sokoban_multiturn"
     row = json.loads((run / "mgt_sokoban/metrics.jsonl").read_text())
