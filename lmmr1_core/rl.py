@@ -154,12 +154,84 @@ def score_tokens(ctx: StageContext, fn, ro: Rollout, T: int) -> torch.Tensor:
     return out
 
 
+@dataclass
+class Targets:
+    """What the updates of one rollout batch need, all ``[B, T]`` except ``applicable`` (``[B]``)."""
+
+    mask: torch.Tensor  # completion tokens that are trained (not padding, not env tokens, reward applied)
+    applicable: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor | None  # critic targets (ppo)
+    old_logp: torch.Tensor | None  # None: one update per batch, the current log-probs are the old ones
+    ref_logp: torch.Tensor | None  # None: KL off
+    values: torch.Tensor | None  # None: no critic
+
+
+def update_policy(ctx: StageContext, algorithm, ro: Rollout, tg: Targets, optimizer, scheduler) -> dict[str, float]:
+    """``epochs`` x ``mini_batches`` optimizer steps on one rollout batch; returns the averaged statistics."""
+    cfg, backend = ctx.config, ctx.backend
+    algo_cfg, kl, temp = cfg.algorithm, cfg.algorithm.kl, cfg.generation.temperature
+    loss_agg = algo_cfg.loss_agg or algorithm.default_loss_agg
+    n_updates = algo_cfg.epochs * algo_cfg.mini_batches
+    stats = dict.fromkeys(("loss", "kl", "entropy", "clip_frac", "approx_kl", "value_loss", "grad_norm"), 0.0)
+    B = len(ro.completions)
+    for _epoch in range(algo_cfg.epochs):
+        perm = torch.randperm(B) if algo_cfg.mini_batches > 1 else torch.arange(B)
+        for idx in perm.chunk(algo_cfg.mini_batches):
+            idx = idx.tolist()
+            n_tokens = float(tg.mask[idx].sum()) or 1.0
+            n_seqs = int(tg.applicable[idx].sum()) or 1
+            optimizer.zero_grad(set_to_none=True)
+            for j in range(0, len(idx), cfg.micro_batch_size):
+                mb = idx[j : j + cfg.micro_batch_size]
+                prompts, comps = [ro.prompts[i] for i in mb], [ro.completions[i] for i in mb]
+                logp, _, entropy = backend.logprobs(prompts, comps, temp, with_entropy=True)
+                t = logp.shape[1]
+                m = tg.mask[mb, :t].to(logp)
+                old = logp.detach() if tg.old_logp is None else tg.old_logp[mb, :t].to(logp)
+                per_token, algo_stats = algorithm.policy_loss(logp, old, tg.advantages[mb, :t].to(logp), m)
+                if tg.ref_logp is not None and not kl.in_reward:
+                    k = kl_penalty(logp, tg.ref_logp[mb, :t].to(logp), kl.estimator)
+                    per_token = per_token + kl.coef * k
+                    stats["kl"] += float((k.detach() * m).sum()) / n_tokens / n_updates
+                loss = aggregate(per_token, m, loss_agg, n_tokens, n_seqs)
+                loss.backward()
+                share = float(m.sum()) / n_tokens / n_updates
+                stats["loss"] += loss.item() / n_updates
+                stats["entropy"] += float((entropy * m).sum()) / n_tokens / n_updates
+                stats["clip_frac"] += algo_stats.get("clip_frac", 0.0) * share
+                log_ratio = (old - logp.detach()) * m  # k3 estimate of KL(old || new)
+                stats["approx_kl"] += float(((torch.exp(log_ratio) - 1 - log_ratio) * m).sum()) / n_tokens / n_updates
+                if tg.values is not None:
+                    v = backend.values(prompts, comps)
+                    vl = algorithm.value_loss(v, tg.values[mb, :t].to(v), tg.returns[mb, :t].to(v), m)
+                    (vl.sum() / n_tokens).backward()
+                    stats["value_loss"] += float(vl.detach().sum()) / n_tokens / n_updates
+            stats["grad_norm"] += backend.clip_grad_norm(cfg.optim.max_grad_norm) / n_updates
+            optimizer.step()
+            scheduler.step()
+            if tg.values is not None:
+                backend.critic_step(cfg.optim.max_grad_norm)
+    return stats
+
+
+def sample_rows(ro: Rollout) -> list[dict]:
+    """What samples.jsonl keeps of a step: up to 16 completions (or episodes) with their rewards."""
+    if ro.episodes is not None:
+        return [{**episode_record(e), "reward": float(r)} for e, r in zip(ro.episodes[:16], ro.rewards)]
+    rows = []
+    for j, (s, text) in enumerate(zip(ro.samples[:16], ro.texts)):
+        rew = None if torch.isnan(ro.rewards[j]) else float(ro.rewards[j])
+        rows.append({"id": s.id, "prompt": _last_user_text(s.messages), "completion": text, "answer": s.answer,
+                     "reward": rew, "rewards": {k: v[j] for k, v in ro.per_reward.items()}})  # fmt: skip
+    return rows
+
+
 def run_rl(ctx: StageContext) -> None:
     cfg, backend = ctx.config, ctx.backend
     algo_cfg, gen = cfg.algorithm, cfg.generation
     G = algo_cfg.group_size
     algorithm = load_algorithm(algo_cfg.name, **algo_cfg.algorithm_config())
-    loss_agg = algo_cfg.loss_agg or algorithm.default_loss_agg
     rewards = RewardSet(
         [(r.name, load_reward(r.name, **r.reward_config()), r.weight, r.timeout_s, r.workers) for r in cfg.rewards]
     )
@@ -215,47 +287,8 @@ def run_rl(ctx: StageContext) -> None:
             returns = algorithm.value_targets(outcome, mask, token_r, values) if values is not None else None
 
             # 4. Updates: epochs x mini-batches optimizer steps, each accumulated over micro-batches.
-            stats = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_frac": 0.0, "approx_kl": 0.0,
-                     "value_loss": 0.0, "grad_norm": 0.0}  # fmt: skip
-            for _epoch in range(algo_cfg.epochs):
-                perm = torch.randperm(B) if algo_cfg.mini_batches > 1 else torch.arange(B)
-                for idx in perm.chunk(algo_cfg.mini_batches):
-                    idx = idx.tolist()
-                    n_tokens = float(mask[idx].sum()) or 1.0
-                    n_seqs = int(applicable[idx].sum()) or 1
-                    optimizer.zero_grad(set_to_none=True)
-                    for j in range(0, len(idx), cfg.micro_batch_size):
-                        mb = idx[j : j + cfg.micro_batch_size]
-                        prompts = [ro.prompts[i] for i in mb]
-                        comps = [ro.completions[i] for i in mb]
-                        logp, _, entropy = backend.logprobs(prompts, comps, temp, with_entropy=True)
-                        t = logp.shape[1]
-                        m = mask[mb, :t].to(logp)
-                        old = logp.detach() if reuse_old else old_logp[mb, :t].to(logp)
-                        per_token, algo_stats = algorithm.policy_loss(logp, old, advantages[mb, :t].to(logp), m)
-                        if use_kl and not kl.in_reward:
-                            k = kl_penalty(logp, ref_logp[mb, :t].to(logp), kl.estimator)
-                            per_token = per_token + kl.coef * k
-                            stats["kl"] += float((k.detach() * m).sum()) / n_tokens / updates_per_step
-                        loss = aggregate(per_token, m, loss_agg, n_tokens, n_seqs)
-                        loss.backward()
-                        share = float(m.sum()) / n_tokens / updates_per_step
-                        stats["loss"] += loss.item() / updates_per_step
-                        stats["entropy"] += float((entropy * m).sum()) / n_tokens / updates_per_step
-                        stats["clip_frac"] += algo_stats.get("clip_frac", 0.0) * share
-                        log_ratio = (old - logp.detach()) * m  # k3 estimate of KL(old || new)
-                        approx = (torch.exp(log_ratio) - 1 - log_ratio) * m
-                        stats["approx_kl"] += float(approx.sum()) / n_tokens / updates_per_step
-                        if values is not None:
-                            v = backend.values(prompts, comps)
-                            vl = algorithm.value_loss(v, values[mb, :t].to(v), returns[mb, :t].to(v), m)
-                            (vl.sum() / n_tokens).backward()
-                            stats["value_loss"] += float(vl.detach().sum()) / n_tokens / updates_per_step
-                    stats["grad_norm"] += backend.clip_grad_norm(cfg.optim.max_grad_norm) / updates_per_step
-                    optimizer.step()
-                    scheduler.step()
-                    if values is not None:
-                        backend.critic_step(cfg.optim.max_grad_norm)
+            targets = Targets(mask, applicable, advantages, returns, old_logp, ref_logp, values)
+            stats = update_policy(ctx, algorithm, ro, targets, optimizer, scheduler)
             if use_kl and kl.in_reward:
                 stats["kl"] = float(-(kl_reward.sum()) / kl.coef / (float(mask.sum()) or 1.0))
             t_train = time.perf_counter() - t1
@@ -288,17 +321,8 @@ def run_rl(ctx: StageContext) -> None:
                 **ctx.counters,
             }
             ctx.log.metrics(step, metrics)
-            if step % cfg.samples_every == 0 and ro.episodes is not None:
-                ctx.log.samples(step, [{**episode_record(e), "reward": float(r)}
-                                       for e, r in zip(ro.episodes[:16], ro.rewards)])  # fmt: skip
-            elif step % cfg.samples_every == 0:
-                rows = []
-                for j, (s, text) in enumerate(zip(ro.samples[:16], ro.texts)):
-                    rew = None if torch.isnan(ro.rewards[j]) else float(ro.rewards[j])
-                    rows.append({"id": s.id, "prompt": _last_user_text(s.messages), "completion": text,
-                                 "answer": s.answer, "reward": rew,
-                                 "rewards": {k: v[j] for k, v in ro.per_reward.items()}})  # fmt: skip
-                ctx.log.samples(step, rows)
+            if step % cfg.samples_every == 0:
+                ctx.log.samples(step, sample_rows(ro))
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward/mean'] or 0:.3f}",
                             kl=f"{metrics['kl']:.4f}" if use_kl else "off",
