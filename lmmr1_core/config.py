@@ -123,6 +123,12 @@ class EnvSpec(BaseModel):
     max_turns: int = Field(8, ge=1, description="model turns per episode")
     max_episode_tokens: int = Field(4096, ge=16, description="context budget of an episode")
     instruction: str | None = Field(None, description="text appended to every observation")
+    keep_images: int | None = Field(
+        None,
+        ge=1,
+        description="show only the last k observation images; each turn then trains as its own "
+        "sequence with its episode's advantage (critic-free algorithms, KL in the loss)",
+    )
     reward: Literal["return", "success", "per_turn"] = Field(
         "return",
         description="the episode's return; 1.0 on success; or per_turn: each turn's env reward on that turn's "

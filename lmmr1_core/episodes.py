@@ -47,6 +47,7 @@ class Episode:
     turn_ends: list[int] = field(default_factory=list)  # index in ``completion`` of each turn's last model token
     done: bool = False
     success: bool = False
+    units: list[tuple[Any, list[int]]] = field(default_factory=list)  # keep_images: (turn prompt, response)
 
     def context(self):
         """The whole conversation so far as one prompt (all images, in order)."""
@@ -63,6 +64,28 @@ class Episode:
         if encoded.pixel_values is not None:
             self.pixel_values.append(encoded.pixel_values)
             self.grids.append(encoded.image_grid_thw)
+
+
+def last_images_view(messages: list[dict[str, Any]], keep: int) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The conversation with only its last ``keep`` images; older ones become a short text note."""
+    total = sum(1 for m in messages if isinstance(m.get("content"), list)
+                for i in m["content"] if i.get("type") == "image")  # fmt: skip
+    seen, view, images = 0, [], []
+    for m in messages:
+        if not isinstance(m.get("content"), list):
+            view.append(m)
+            continue
+        items = []
+        for item in m["content"]:
+            if item.get("type") == "image":
+                seen += 1
+                if seen <= total - keep:
+                    items.append({"type": "text", "text": "[an earlier observation image, not shown]"})
+                    continue
+                images.append(item["image"])
+            items.append(item)
+        view.append({**m, "content": items})
+    return view, images
 
 
 def run_episodes(ctx: StageContext, samples: list[Sample], greedy: bool = False) -> list[Episode]:
@@ -82,13 +105,26 @@ def run_episodes(ctx: StageContext, samples: list[Sample], greedy: bool = False)
         active = [e for e in episodes if not e.done]
         if not active:
             break
+        if spec.keep_images is None:
+            contexts = [e.context() for e in active]
+        else:  # each turn re-rendered with only the last k images: one training unit per turn
+            contexts = []
+            for e in list(active):
+                prompt = backend.encode(*last_images_view(e.messages, spec.keep_images), e.sample.id)
+                if len(prompt.input_ids) + gen.max_new_tokens > spec.max_episode_tokens:
+                    e.done = True  # the context budget is spent
+                    active.remove(e)
+                    continue
+                contexts.append(prompt)
         outs: list[list[int]] = []
         chunk = cfg.micro_batch_size * 4
         for i in range(0, len(active), chunk):
-            outs += backend.generate([e.context() for e in active[i : i + chunk]], gen.max_new_tokens,
-                                     gen.temperature, gen.top_p, greedy=greedy)  # fmt: skip
-        for ep, ids in zip(active, outs):
+            outs += backend.generate(contexts[i : i + chunk], gen.max_new_tokens, gen.temperature, gen.top_p,
+                                     greedy=greedy)  # fmt: skip
+        for ep, ids, context in zip(active, outs, contexts):
             text = backend.decode(ids)
+            if spec.keep_images is not None:
+                ep.units.append((context, ids))
             ep.completion += ids
             ep.loss_mask += [1.0] * len(ids)
             ep.turn_ends.append(len(ep.completion) - 1)
@@ -104,6 +140,9 @@ def run_episodes(ctx: StageContext, samples: list[Sample], greedy: bool = False)
                 ep.done = True
                 continue
             new = [observation_message(obs, spec.instruction)]
+            if spec.keep_images is not None:
+                ep.messages += new
+                continue
             seg = backend.encode_continuation(ep.messages, new, obs.images, ep.sample.id)
             if len(ep.prompt.input_ids) + len(ep.completion) + len(seg.input_ids) > spec.max_episode_tokens:
                 ep.done = True  # the context budget is spent

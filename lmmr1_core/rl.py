@@ -62,6 +62,8 @@ class Rollout:
     groups_dropped: int
     loss_mask: torch.Tensor | None = None  # [B, T]: 0 on env-written tokens of multi-turn episodes
     dense_rewards: torch.Tensor | None = None  # [B, T]: per-turn env rewards (env reward: per_turn)
+    unit_episode: torch.Tensor | None = None  # keep_images: the episode each per-turn sequence belongs to
+    episode_rewards: torch.Tensor | None = None
     episodes: list | None = None
 
 
@@ -118,18 +120,36 @@ def collect_episode_rollout(ctx: StageContext, order: DataOrder, position: int):
     seeds = [ctx.samples[order.index(position + i)] for i in range(cfg.batch_size)]
     samples = [s for s in seeds for _ in range(G)]
     episodes = run_episodes(ctx, samples)
+    per_reward = {
+        "env/return": [sum(e.turn_rewards) for e in episodes],
+        "env/success": [float(e.success) for e in episodes],
+        "env/turns": [float(len(e.responses)) for e in episodes],
+    }
+    episode_rewards = torch.tensor([episode_reward(e, cfg.env.reward) for e in episodes])
+    if cfg.env.keep_images is not None:  # one training sequence per turn, sharing its episode's reward
+        units = [(i, k, prompt, ids) for i, e in enumerate(episodes) for k, (prompt, ids) in enumerate(e.units)]
+        unit_episode = torch.tensor([u[0] for u in units])
+        return Rollout(
+            samples=[episodes[i].sample for i, _, _, _ in units],
+            prompts=[u[2] for u in units],
+            completions=[u[3] for u in units],
+            texts=[episodes[i].responses[k] for i, k, _, _ in units],
+            rewards=episode_rewards[unit_episode],
+            per_reward=per_reward,
+            groups_seen=len(seeds),
+            groups_dropped=0,
+            episodes=episodes,
+            unit_episode=unit_episode,
+            episode_rewards=episode_rewards,
+        ), position + len(seeds)
     T = max(len(e.completion) for e in episodes)
     return Rollout(
         samples=samples,
         prompts=[e.training_prompt() for e in episodes],
         completions=[e.completion for e in episodes],
         texts=["\n---\n".join(e.responses) for e in episodes],
-        rewards=torch.tensor([episode_reward(e, cfg.env.reward) for e in episodes]),
-        per_reward={
-            "env/return": [sum(e.turn_rewards) for e in episodes],
-            "env/success": [float(e.success) for e in episodes],
-            "env/turns": [float(len(e.responses)) for e in episodes],
-        },
+        rewards=episode_rewards,
+        per_reward=per_reward,
         groups_seen=len(seeds),
         groups_dropped=0,
         loss_mask=torch.tensor([e.loss_mask + [0.0] * (T - len(e.loss_mask)) for e in episodes]),
@@ -283,8 +303,13 @@ def run_rl(ctx: StageContext) -> None:
             if ro.dense_rewards is not None:  # per-turn env rewards ride with the per-token (KL) rewards
                 token_r = ro.dense_rewards if token_r is None else token_r + ro.dense_rewards
                 outcome = torch.where(applicable, torch.zeros_like(outcome), outcome)
-            advantages = algorithm.advantages(outcome, G, mask, token_r, values) * mask
-            returns = algorithm.value_targets(outcome, mask, token_r, values) if values is not None else None
+            if ro.unit_episode is not None:  # per-turn sequences: advantages per episode, shared by its turns
+                n_episodes = len(ro.episode_rewards)
+                episode_adv = algorithm.advantages(ro.episode_rewards, G, torch.ones(n_episodes, 1))[:, 0]
+                advantages, returns = episode_adv[ro.unit_episode].unsqueeze(-1) * mask, None
+            else:
+                advantages = algorithm.advantages(outcome, G, mask, token_r, values) * mask
+                returns = algorithm.value_targets(outcome, mask, token_r, values) if values is not None else None
 
             # 4. Updates: epochs x mini-batches optimizer steps, each accumulated over micro-batches.
             targets = Targets(mask, applicable, advantages, returns, old_logp, ref_logp, values)
@@ -311,7 +336,7 @@ def run_rl(ctx: StageContext) -> None:
                 "advantage/std": float(adv_tokens.std()) if len(adv_tokens) > 1 else 0.0,
                 "groups/zero_variance_frac": ro.groups_dropped / ro.groups_seen
                 if algorithm.dynamic_sampling
-                else _zero_variance_frac(ro.rewards, G),  # fmt: skip
+                else _zero_variance_frac(ro.rewards if ro.episode_rewards is None else ro.episode_rewards, G),
                 "response_length": sum(len(c) for c in ro.completions) / B,
                 "tokens_per_s": all_tokens / step_s,
                 "step_s": step_s,

@@ -46,6 +46,14 @@ def check_plugins(cfg: RunConfig, path: str) -> None:
             check("algorithms", st.algorithm.name, f"stages.{sname}.algorithm.name")
         if st.env is not None:
             check("envs", st.env.name, f"stages.{sname}.env.name")
+            if (
+                st.env.keep_images
+                and st.kind == "rl"
+                and (st.algorithm.name == "ppo" or st.algorithm.kl.in_reward or st.env.reward == "per_turn")
+            ):
+                raise ConfigError(f"{path}: stages.{sname}.env.keep_images: each turn trains as its own sequence "
+                                  "with its episode's advantage; use a critic-free algorithm, KL in the loss and "
+                                  "env.reward return or success")  # fmt: skip
             if st.rewards:
                 raise ConfigError(f"{path}: stages.{sname}.rewards: an env stage is rewarded by its env "
                                   "(env.reward: return, success or per_turn); remove `rewards`")  # fmt: skip

@@ -82,3 +82,47 @@ def test_per_turn_rewards_train_with_token_and_outcome_algorithms(tiny_vl, tmp_p
     assert result.exit_code == 0, result.output
     row = json.loads((tmp_path / "quickstart_sokoban_multiturn/mgt_sokoban/metrics.jsonl").read_text())
     assert row["reward/env/turns"] <= 2 and row["reward/mean"] == pytest.approx(row["reward/env/return"])
+
+
+def test_last_images_view_keeps_the_last_k():
+    from lmmr1_core.episodes import last_images_view
+
+    def user(tag):
+        return {"role": "user", "content": [{"type": "image", "image": tag}, {"type": "text", "text": f"board {tag}"}]}
+
+    messages = [user("a"), {"role": "assistant", "content": "Up"}, user("b"), {"role": "assistant", "content": "Up"},
+                user("c")]  # fmt: skip
+    view, images = last_images_view(messages, 2)
+    assert images == ["b", "c"]
+    assert view[0]["content"][0] == {"type": "text", "text": "[an earlier observation image, not shown]"}
+    assert messages[0]["content"][0]["image"] == "a"  # the episode's own history is untouched
+
+
+def test_keep_images_trains_each_turn_with_its_episodes_advantage(tiny_vl, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from lmmr1_core.cli import main
+
+    torch.manual_seed(0)
+    b = load_model("hf", path=str(tiny_vl), max_pixels=12544)
+    episodes = run_episodes(ctx_for(b, keep_images=1), env_seeds(n=1, seed=3))
+    image_token = b.model.config.image_token_id
+    merge = b.image_processor.merge_size**2
+    for prompt, _ in episodes[0].units:  # every turn's context holds exactly one (the latest) board
+        assert prompt.image_grid_thw.shape[0] == 1
+        assert prompt.input_ids.count(image_token) == int(prompt.image_grid_thw[0].prod()) // merge
+    assert len(episodes[0].units) == len(episodes[0].responses) == 3
+
+    sets = [f"model.path={tiny_vl}", "model.tiny=null", "stages.mgt_sokoban.steps=1", "stages.mgt_sokoban.batch_size=1",
+            "stages.mgt_sokoban.env.keep_images=1", "stages.mgt_sokoban.env.max_turns=2",
+            "stages.eval_after.data.0.n=1", "stages.eval_after.env.max_turns=1"]  # fmt: skip
+    args = ["run", "stages/quickstart_sokoban_multiturn.yaml", "--output-dir", str(tmp_path)]
+    result = CliRunner().invoke(main, [*args, *(a for s in sets for a in ("--set", s))])
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "quickstart_sokoban_multiturn/mgt_sokoban/metrics.jsonl").read_text())
+    assert row["reward/env/turns"] <= 2 and "groups/zero_variance_frac" in row
+    bad = CliRunner().invoke(main, [*args, *(a for s in [*sets, "stages.mgt_sokoban.algorithm.name=ppo"]
+                                            for a in ("--set", s))])  # fmt: skip
+    assert bad.exit_code == 2 and "env.keep_images: each turn trains as its own sequence" in bad.output
