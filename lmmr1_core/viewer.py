@@ -10,6 +10,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from lmmr1_core import load_env
+from lmmr1_core.config import EnvSpec
 from lmmr1_core.errors import LmmError
 
 
@@ -44,10 +45,8 @@ def render_episode(run_dir: str | Path, stage: str | None = None, index: int = 0
         raise LmmError(f"{run_dir}: not a run directory (no config.yaml)")
     config = yaml.safe_load(config_path.read_text())
     name, episode = _find_episode(run_dir, stage, index)
-    spec = dict(config["stages"][name]["env"])
-    env_cfg = {k: v for k, v in spec.items() if k not in ("name", "max_turns", "max_episode_tokens", "instruction",
-                                                           "reward")}  # fmt: skip
-    env = load_env(spec["name"], **env_cfg)
+    spec = EnvSpec.model_validate(config["stages"][name]["env"])
+    env = load_env(spec.name, **spec.env_config())
     obs = env.reset(episode["env_seed"])
     frames = [_caption(obs.images[0], f"start (seed {episode['env_seed']})")]
     for turn, response in enumerate(episode["responses"], 1):
