@@ -65,3 +65,18 @@ def test_multi_turn_episodes_on_football(tiny_vl):
         assert 1 <= len(ep.responses) <= 2 and len(ep.pixel_values) == len(ep.responses)
         assert not ep.success
         ep.env.close()
+
+
+def test_rendered_frames_off_screen():
+    pytest.importorskip("gfootball", reason="Google Research Football is not installed (see README)")
+    env = load_env("football", scenario="empty_goal_close", render_frame=True, frames_per_action=1)
+    try:
+        import numpy as np
+
+        env.reset(0)
+        obs, _, _, _ = env.step("<answer>Right</answer>")
+        frame = obs.images[0]
+        assert frame.size == (320, 180)
+        assert len(np.unique(np.asarray(frame.convert("L")))) > 20  # a real rendered picture, not a blank
+    finally:
+        env.close()

@@ -97,6 +97,7 @@ class FootballEnv:
     max_steps: int = 100
     format_penalty: float = -0.1
     render_frame: bool = False  # the engine's rendered frame instead of the minimap (slow, EGL)
+    render_resolution_x: int = 320  # width of rendered frames (the engine keeps 16:9)
     _env: Any = field(init=False, default=None)
     steps: int = field(init=False, default=0)
     scored: bool = field(init=False, default=False)
@@ -111,10 +112,12 @@ class FootballEnv:
         self._env = football_env.create_environment(
             env_name=SCENARIOS[self.scenario], representation="raw", rewards="scoring",
             render=self.render_frame, number_of_left_players_agent_controls=1,
+            other_config_options={"render_resolution_x": self.render_resolution_x,
+                                  "render_resolution_y": self.render_resolution_x * 9 // 16},
         )  # fmt: skip
 
     def _observation(self, raw: dict[str, Any]) -> Observation:
-        image = Image.fromarray(raw["frame"]).resize((W * 2, H * 2)) if self.render_frame else draw_minimap(raw)
+        image = Image.fromarray(raw["frame"]) if self.render_frame else draw_minimap(raw)
         return Observation(text=describe(raw), images=[image])
 
     def reset(self, seed: int = 0) -> Observation:
