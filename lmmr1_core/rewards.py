@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 import traceback
@@ -26,6 +27,7 @@ def _worker(conn, fn, parent_end) -> None:
     # The fork copied the parent's end of our pipe (and other workers' ends), so EOF alone would
     # never tell us the trainer died (a SIGKILL): watch the parent pid as well.
     parent_end.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; we exit with it
     parent = os.getppid()
     while True:
         while not conn.poll(1.0):
