@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from lmmr1_core.errors import ConfigError, DataError
 
@@ -376,14 +375,3 @@ class HFBackend:
                 self.processor.save_pretrained(str(out_dir))
             elif self.image_processor is not None:
                 self.image_processor.save_pretrained(str(out_dir))
-
-
-def sequence_logprob(backend: HFBackend, prompt: Prompt, completion: list[int]) -> torch.Tensor:
-    """Log-prob of one completion alone (unpadded): the reference the padded batch must match."""
-    ids = torch.tensor([prompt.input_ids + completion], device=backend.device)
-    kw: dict[str, Any] = {}
-    if prompt.pixel_values is not None:
-        kw = {"pixel_values": prompt.pixel_values.to(backend.device), "image_grid_thw": prompt.image_grid_thw}
-    logits = backend.model(input_ids=ids, use_cache=False, **kw).logits[0].float()
-    logp = F.log_softmax(logits[len(prompt.input_ids) - 1 : -1], dim=-1)
-    return logp.gather(-1, torch.tensor(completion, device=backend.device).unsqueeze(-1)).squeeze(-1)
