@@ -49,16 +49,18 @@ class Episode:
     success: bool = False
     units: list[tuple[Any, list[int]]] = field(default_factory=list)  # keep_images: (turn prompt, response)
 
+    def _with_images(self, input_ids: list[int]):
+        pix = torch.cat(self.pixel_values) if self.pixel_values else None
+        grid = torch.cat(self.grids) if self.grids else None
+        return type(self.prompt)(input_ids, pix, grid)
+
     def context(self):
         """The whole conversation so far as one prompt (all images, in order)."""
-        pix = torch.cat(self.pixel_values) if self.pixel_values else None
-        grid = torch.cat(self.grids) if self.grids else None
-        return type(self.prompt)(self.prompt.input_ids + self.completion, pix, grid)
+        return self._with_images(self.prompt.input_ids + self.completion)
 
     def training_prompt(self):
-        pix = torch.cat(self.pixel_values) if self.pixel_values else None
-        grid = torch.cat(self.grids) if self.grids else None
-        return type(self.prompt)(self.prompt.input_ids, pix, grid)
+        """The first prompt carrying every image of the episode (later ones sit in the completion)."""
+        return self._with_images(self.prompt.input_ids)
 
     def _add_images(self, encoded) -> None:
         if encoded.pixel_values is not None:

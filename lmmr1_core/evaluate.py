@@ -14,11 +14,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from lmmr1_core import load_reward
 from lmmr1_core.checkpoint import atomic_dir
-from lmmr1_core.errors import DataError
 from lmmr1_core.rewards import RewardSet, reward_columns
-from lmmr1_core.trainer import StageContext, build_messages
+from lmmr1_core.trainer import StageContext, build_messages, encode_sample
 
 CATEGORY_KEYS = ("category", "subject")
 
@@ -115,8 +113,7 @@ def run_eval(ctx: StageContext) -> None:
     cfg, backend = ctx.config, ctx.backend
     k, gen = cfg.eval_samples, cfg.generation
     names = [r.name for r in cfg.rewards]
-    rewards = RewardSet([(r.name, load_reward(r.name, **r.reward_config()), r.weight, r.timeout_s, r.workers)
-                         for r in cfg.rewards])  # fmt: skip
+    rewards = RewardSet.from_specs(cfg.rewards)
     ctx.hook.on_stage_start(stage=ctx.name, config=cfg, output_dir=str(ctx.out_dir))
     backend.model.eval()
     rows: list[dict[str, Any]] = []
@@ -126,14 +123,8 @@ def run_eval(ctx: StageContext) -> None:
         for i in range(0, len(ctx.samples), chunk):
             batch, prompts = [], []
             for sample in ctx.samples[i : i + chunk]:
-                try:
-                    prompt = backend.encode(build_messages(sample.messages, cfg), sample.images, sample.id)
-                except DataError as exc:
-                    ctx.count("data/bad_samples")
-                    print(f"warning: skipping {exc}", file=sys.stderr)
-                    continue
-                if len(prompt.input_ids) > gen.max_prompt_length:
-                    ctx.count("data/dropped_long_prompts")
+                prompt = encode_sample(ctx, sample, gen.max_prompt_length)
+                if prompt is None:
                     continue
                 batch.append(sample)
                 prompts.append(prompt)

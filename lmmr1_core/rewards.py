@@ -195,6 +195,14 @@ class RewardSet:
         self.rewards = [RewardWorkers(s[0], s[1], s[3], s[4] if len(s) > 4 else None) for s in specs]
         self.weights = [s[2] for s in specs]
 
+    @classmethod
+    def from_specs(cls, specs: list) -> RewardSet:
+        """The rewards a stage file names (``RewardSpec``s), loaded through the plugin registry."""
+        from lmmr1_core import load_reward
+
+        return cls([(r.name, load_reward(r.name, **r.reward_config()), r.weight, r.timeout_s, r.workers)
+                    for r in specs])  # fmt: skip
+
     def __call__(
         self, prompts: list, completions: list[str], columns: dict[str, list]
     ) -> tuple[list[float | None], dict[str, list[float | None]]]:

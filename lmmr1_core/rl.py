@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from lmmr1_core import load_algorithm, load_reward
+from lmmr1_core import load_algorithm
 from lmmr1_core.episodes import dense_rewards, episode_record, episode_reward, run_episodes
 from lmmr1_core.rewards import RewardSet, reward_columns
 from lmmr1_core.trainer import (
@@ -252,9 +252,7 @@ def run_rl(ctx: StageContext) -> None:
     algo_cfg, gen = cfg.algorithm, cfg.generation
     G = algo_cfg.group_size
     algorithm = load_algorithm(algo_cfg.name, **algo_cfg.algorithm_config())
-    rewards = RewardSet(
-        [(r.name, load_reward(r.name, **r.reward_config()), r.weight, r.timeout_s, r.workers) for r in cfg.rewards]
-    )
+    rewards = RewardSet.from_specs(cfg.rewards)
     updates_per_step = algo_cfg.epochs * algo_cfg.mini_batches
     optimizer, scheduler = make_optimizer(ctx, cfg.steps * updates_per_step)
     if algorithm.needs_critic:

@@ -62,11 +62,7 @@ class DataOrder:
 
 
 def next_prompts(ctx: StageContext, order: DataOrder, position: int, count: int, max_len: int):
-    """``count`` encodable samples from ``position`` on: (samples, prompts, new position).
-
-    A prompt over ``max_len`` tokens is dropped and counted (never truncated through an image);
-    a sample whose image cannot be read is reported with its id and skipped.
-    """
+    """``count`` encodable samples from ``position`` on: (samples, prompts, new position)."""
     samples, prompts = [], []
     tried = 0
     while len(samples) < count:
@@ -75,19 +71,27 @@ def next_prompts(ctx: StageContext, order: DataOrder, position: int, count: int,
         sample = ctx.samples[order.index(position)]
         position += 1
         tried += 1
-        messages = build_messages(sample.messages, ctx.config)
-        try:
-            prompt = ctx.backend.encode(messages, sample.images, sample.id)
-        except DataError as exc:
-            ctx.count("data/bad_samples")
-            print(f"warning: skipping {exc}", file=sys.stderr)
-            continue
-        if len(prompt.input_ids) > max_len:
-            ctx.count("data/dropped_long_prompts")
+        prompt = encode_sample(ctx, sample, max_len)
+        if prompt is None:
             continue
         samples.append(sample)
         prompts.append(prompt)
     return samples, prompts, position
+
+
+def encode_sample(ctx: StageContext, sample: Sample, max_len: int):
+    """The sample's encoded prompt, or None (counted): a prompt over ``max_len`` tokens is dropped
+    (never truncated through an image); one whose image cannot be read is reported with its id."""
+    try:
+        prompt = ctx.backend.encode(build_messages(sample.messages, ctx.config), sample.images, sample.id)
+    except DataError as exc:
+        ctx.count("data/bad_samples")
+        print(f"warning: skipping {exc}", file=sys.stderr)
+        return None
+    if len(prompt.input_ids) > max_len:
+        ctx.count("data/dropped_long_prompts")
+        return None
+    return prompt
 
 
 def build_messages(messages: list[dict], config: StageConfig) -> list[dict]:
