@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmmr1_core.errors import ConfigError
 
@@ -19,8 +19,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class RolloutConfig(_Strict):
+    """Which engine generates rollouts; the trainer's weights are synced into it before each rollout."""
+
+    engine: Literal["backend", "vllm"] = Field(
+        "backend", description="`backend`: the model backend generates; `vllm`: a vLLM engine (extra `lmmr1[vllm]`)"
+    )
+    gpu_memory_utilization: float = Field(0.4, gt=0, le=1, description="vllm: share of GPU memory for the engine")
+    max_model_len: int | None = Field(None, ge=16, description="vllm: context length (default: prompt + new tokens)")
+    max_num_seqs: int = Field(64, ge=1, description="vllm: sequences decoded together")
+    enforce_eager: bool | None = Field(
+        None, description="vllm: no compilation or CUDA graphs (faster start, slower decode); default: on CPU only"
+    )
+    kv_cache_gb: float = Field(1.0, gt=0, description="vllm on CPU: KV-cache size in GiB")
+
+
 class ModelConfig(_Strict):
-    backend: str = Field("hf", description="model backend plugin name (`hf`)")
+    backend: str = Field("hf", description="model backend plugin name (`hf`, `megatron`)")
     path: str = Field(description="local HF directory or hub id of the starting weights")
     tiny: Literal["text", "vl"] | None = Field(
         None, description="build a tiny random model of this kind at `path` if it does not exist"
@@ -32,6 +47,9 @@ class ModelConfig(_Strict):
     min_pixels: int | None = Field(None, description="image processor lower bound on pixels per image")
     max_pixels: int | None = Field(None, description="image processor upper bound on pixels per image")
     gradient_checkpointing: bool = False
+    tensor_parallel: int = Field(1, ge=1, description="megatron: tensor-parallel size")
+    pipeline_parallel: int = Field(1, ge=1, description="megatron: pipeline-parallel size")
+    rollout: RolloutConfig = RolloutConfig()
 
 
 class DataSpec(BaseModel):
@@ -88,6 +106,12 @@ class AlgorithmConfig(BaseModel):
     mini_batches: int = Field(1, ge=1, description="optimizer steps per pass over a rollout batch")
     max_sampling_rounds: int = Field(
         4, ge=1, description="dynamic sampling (dapo): rollout rounds tried to fill the batch with informative groups"
+    )
+    tis_cap: float | None = Field(
+        None,
+        gt=0,
+        description="truncated importance sampling: weight each token's loss by min(p_trainer / p_rollout, cap) "
+        "to correct the rollout engine's log-prob mismatch (single-turn stages)",
     )
 
     def algorithm_config(self) -> dict[str, Any]:
@@ -171,6 +195,12 @@ class StageConfig(_Strict):
         "<answer>{answer}</answer>",
         description="sft target text; `{answer}` and any sample column can be used",
     )
+
+    @model_validator(mode="after")
+    def _tis_needs_single_turn(self) -> StageConfig:
+        if self.env is not None and self.algorithm.tis_cap is not None:
+            raise ValueError("algorithm.tis_cap: truncated importance sampling is for single-turn stages, not `env`")
+        return self
 
 
 class RunConfig(_Strict):

@@ -65,6 +65,7 @@ class Rollout:
     unit_episode: torch.Tensor | None = None  # keep_images: the episode each per-turn sequence belongs to
     episode_rewards: torch.Tensor | None = None
     episodes: list | None = None
+    rollout_logp: torch.Tensor | None = None  # [B, T]: the rollout engine's log-probs of the sampled tokens
 
 
 def collect_rollout(ctx: StageContext, rewards: RewardSet, algorithm, order: DataOrder, position: int):
@@ -72,6 +73,7 @@ def collect_rollout(ctx: StageContext, rewards: RewardSet, algorithm, order: Dat
     carry no signal, so they are dropped and more prompts sampled, up to ``max_sampling_rounds``."""
     cfg, backend, gen = ctx.config, ctx.backend, ctx.config.generation
     G = cfg.algorithm.group_size
+    want_logp = wants_rollout_logprobs(ctx)
     kept: list[tuple] = []
     dropped: list[tuple] = []
     seen = 0
@@ -79,10 +81,13 @@ def collect_rollout(ctx: StageContext, rewards: RewardSet, algorithm, order: Dat
         samples, prompts, position = next_prompts(ctx, order, position, cfg.batch_size, gen.max_prompt_length)
         samples = [s for s in samples for _ in range(G)]
         prompts = [p for p in prompts for _ in range(G)]
-        completions = []
+        completions, logps = [], []
         chunk = cfg.micro_batch_size * 4
         for i in range(0, len(prompts), chunk):
-            completions += backend.generate(prompts[i : i + chunk], gen.max_new_tokens, gen.temperature, gen.top_p)
+            out = backend.generate(prompts[i : i + chunk], gen.max_new_tokens, gen.temperature, gen.top_p,
+                                   **({"return_logprobs": True} if want_logp else {}))  # fmt: skip
+            completions += out[0] if want_logp else out
+            logps += out[1] if want_logp else [None] * len(out)
         texts = [backend.decode(c) for c in completions]
         columns = reward_columns(samples, completions)
         messages = [build_messages(s.messages, cfg) for s in samples]
@@ -93,7 +98,7 @@ def collect_rollout(ctx: StageContext, rewards: RewardSet, algorithm, order: Dat
         for g in range(len(samples) // G):
             sl = slice(g * G, (g + 1) * G)
             group = (samples[sl], prompts[sl], completions[sl], texts[sl], r[sl],
-                     {k: v[sl] for k, v in per_reward.items()})  # fmt: skip
+                     {k: v[sl] for k, v in per_reward.items()}, logps[sl])  # fmt: skip
             vals = r[sl][~torch.isnan(r[sl])]
             informative = len(vals) > 1 and bool((vals != vals[0]).any())
             (kept if informative or not algorithm.dynamic_sampling else dropped).append(group)
@@ -111,7 +116,19 @@ def collect_rollout(ctx: StageContext, rewards: RewardSet, algorithm, order: Dat
         per_reward={k: [v for g in kept for v in g[5][k]] for k in kept[0][5]},
         groups_seen=seen,
         groups_dropped=n_dropped,
+        rollout_logp=_pad_rows([lp for g in kept for lp in g[6]]) if want_logp else None,
     ), position
+
+
+def wants_rollout_logprobs(ctx: StageContext) -> bool:
+    """The rollout engine's own log-probs are kept when they can differ from the trainer's (vllm) or
+    when truncated importance sampling needs them."""
+    return ctx.run.model.rollout.engine == "vllm" or ctx.config.algorithm.tis_cap is not None
+
+
+def _pad_rows(rows: list[list[float]]) -> torch.Tensor:
+    T = max(len(r) for r in rows)
+    return torch.tensor([list(r) + [0.0] * (T - len(r)) for r in rows])
 
 
 def collect_episode_rollout(ctx: StageContext, order: DataOrder, position: int):
@@ -185,6 +202,7 @@ class Targets:
     old_logp: torch.Tensor | None  # None: one update per batch, the current log-probs are the old ones
     ref_logp: torch.Tensor | None  # None: KL off
     values: torch.Tensor | None  # None: no critic
+    rollout_logp: torch.Tensor | None = None  # None: the rollout engine's log-probs are not used
 
 
 def update_policy(ctx: StageContext, algorithm, ro: Rollout, tg: Targets, optimizer, scheduler) -> dict[str, float]:
@@ -194,6 +212,8 @@ def update_policy(ctx: StageContext, algorithm, ro: Rollout, tg: Targets, optimi
     loss_agg = algo_cfg.loss_agg or algorithm.default_loss_agg
     n_updates = algo_cfg.epochs * algo_cfg.mini_batches
     stats = dict.fromkeys(("loss", "kl", "entropy", "clip_frac", "approx_kl", "value_loss", "grad_norm"), 0.0)
+    stats.update(dict.fromkeys(("rollout/logp_abs_diff", "tis/weight_mean", "tis/capped_frac"), 0.0))
+    tis_cap = algo_cfg.tis_cap
     B = len(ro.completions)
     for _epoch in range(algo_cfg.epochs):
         perm = torch.randperm(B) if algo_cfg.mini_batches > 1 else torch.arange(B)
@@ -210,6 +230,15 @@ def update_policy(ctx: StageContext, algorithm, ro: Rollout, tg: Targets, optimi
                 m = tg.mask[mb, :t].to(logp)
                 old = logp.detach() if tg.old_logp is None else tg.old_logp[mb, :t].to(logp)
                 per_token, algo_stats = algorithm.policy_loss(logp, old, tg.advantages[mb, :t].to(logp), m)
+                if tg.rollout_logp is not None:  # the trainer's old policy vs the engine that sampled
+                    gap = (old - tg.rollout_logp[mb, :t].to(logp)) * m
+                    share_t = 1.0 / n_tokens / n_updates
+                    stats["rollout/logp_abs_diff"] += float(gap.abs().sum()) * share_t
+                    if tis_cap is not None:  # truncated importance sampling (Yao et al., 2025)
+                        w = torch.exp(gap).clamp(max=tis_cap).detach()
+                        per_token = per_token * w
+                        stats["tis/weight_mean"] += float((w * m).sum()) * share_t
+                        stats["tis/capped_frac"] += float(((torch.exp(gap) > tis_cap) * m).sum()) * share_t
                 if tg.ref_logp is not None and not kl.in_reward:
                     k = kl_penalty(logp, tg.ref_logp[mb, :t].to(logp), kl.estimator)
                     per_token = per_token + kl.coef * k
@@ -310,7 +339,7 @@ def run_rl(ctx: StageContext) -> None:
                 returns = algorithm.value_targets(outcome, mask, token_r, values) if values is not None else None
 
             # 4. Updates: epochs x mini-batches optimizer steps, each accumulated over micro-batches.
-            targets = Targets(mask, applicable, advantages, returns, old_logp, ref_logp, values)
+            targets = Targets(mask, applicable, advantages, returns, old_logp, ref_logp, values, ro.rollout_logp)
             stats = update_policy(ctx, algorithm, ro, targets, optimizer, scheduler)
             if use_kl and kl.in_reward:
                 stats["kl"] = float(-(kl_reward.sum()) / kl.coef / (float(mask.sum()) or 1.0))
@@ -329,6 +358,9 @@ def run_rl(ctx: StageContext) -> None:
                 "kl": stats["kl"] if use_kl else None,
                 **{k: stats[k] for k in ("loss", "entropy", "clip_frac", "approx_kl", "grad_norm")},
                 **({"value_loss": stats["value_loss"]} if values is not None else {}),
+                **({"rollout/logp_abs_diff": stats["rollout/logp_abs_diff"]} if ro.rollout_logp is not None else {}),
+                **({k: stats[k] for k in ("tis/weight_mean", "tis/capped_frac")} if algo_cfg.tis_cap else {}),
+                **({"rollout/sync_s": backend.last_sync_s} if hasattr(backend, "last_sync_s") else {}),
                 "lr": scheduler.get_last_lr()[0],
                 "advantage/mean": float(adv_tokens.mean()) if len(adv_tokens) else 0.0,
                 "advantage/std": float(adv_tokens.std()) if len(adv_tokens) > 1 else 0.0,

@@ -148,12 +148,18 @@ def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None =
             truncate_jsonl(out / log_name, found[0] if found else 0)
         samples = load_stage_data(name, st, path)
         backend = load_model(cfg.model.backend, **_model_kwargs(cfg, str(found[1]) if found else init))
+        if cfg.model.rollout.engine == "vllm":
+            from lmmr1_plugins.models.vllm_engine import rollout_engine
+
+            backend = rollout_engine(backend, cfg.model, st)
         ctx = StageContext(name, st, cfg, out, backend, samples, init, hook)
         ctx.log = RunLog(out)
         try:
             lookup("stages", st.kind).obj(ctx)
         finally:
             ctx.log.close()
+            if hasattr(backend, "close"):
+                backend.close()
         hook.on_stage_end(stage=name, output_dir=str(out), metrics=dict(ctx.counters))
         print(f"stage {name}: done -> {out / 'final'}", file=sys.stderr)
         del ctx, backend

