@@ -49,8 +49,12 @@ def main() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a key, e.g. stages.rl.steps=2")
 @click.option("--output-dir", default=None, help="where runs/<name>/ goes (default: the file's output_dir)")
 @click.option("--fresh", is_flag=True, help="delete this run's outputs and start over")
-def run(file: str, overrides: tuple[str, ...], output_dir: str | None, fresh: bool) -> None:
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=None,
+              help="start N processes through torchrun (megatron backend: tensor x pipeline parallel)")  # fmt: skip
+def run(file: str, overrides: tuple[str, ...], output_dir: str | None, fresh: bool, nproc_per_node: int | None) -> None:
     """Run every stage of FILE; finished stages are skipped, an interrupted one resumes."""
+    if nproc_per_node and nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        _torchrun(nproc_per_node)
     from lmmr1_core.config import load_config
     from lmmr1_core.run import run as run_stages
 
@@ -58,6 +62,23 @@ def run(file: str, overrides: tuple[str, ...], output_dir: str | None, fresh: bo
     _quiet_libraries()
     run_dir = run_stages(cfg, file, fresh=fresh, output_dir=output_dir)
     click.echo(f"done: {run_dir}")
+
+
+def _torchrun(nproc: int) -> None:
+    """Run this same command as ``nproc`` processes: ``python -m torch.distributed.run --standalone``."""
+    import subprocess
+
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc-per-node":
+            skip = True
+        elif not a.startswith("--nproc-per-node="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "lmmr1_core.cli", *args]  # fmt: skip
+    sys.exit(subprocess.call(cmd))
 
 
 @main.command()

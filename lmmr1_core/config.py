@@ -27,7 +27,7 @@ class RolloutConfig(_Strict):
     )
     gpu_memory_utilization: float = Field(0.4, gt=0, le=1, description="vllm: share of GPU memory for the engine")
     max_model_len: int | None = Field(None, ge=16, description="vllm: context length (default: prompt + new tokens)")
-    max_num_seqs: int = Field(64, ge=1, description="vllm: sequences decoded together")
+    max_num_seqs: int = Field(256, ge=1, description="vllm: sequences decoded together")
     enforce_eager: bool | None = Field(
         None, description="vllm: no compilation or CUDA graphs (faster start, slower decode); default: on CPU only"
     )

@@ -48,11 +48,12 @@ class Episode:
     done: bool = False
     success: bool = False
     units: list[tuple[Any, list[int]]] = field(default_factory=list)  # keep_images: (turn prompt, response)
+    images: list[Any] = field(default_factory=list)  # the decoded images, for engines with their own processor
 
     def _with_images(self, input_ids: list[int]):
         pix = torch.cat(self.pixel_values) if self.pixel_values else None
         grid = torch.cat(self.grids) if self.grids else None
-        return type(self.prompt)(input_ids, pix, grid)
+        return type(self.prompt)(input_ids, pix, grid, list(self.images) or None)
 
     def context(self):
         """The whole conversation so far as one prompt (all images, in order)."""
@@ -66,6 +67,7 @@ class Episode:
         if encoded.pixel_values is not None:
             self.pixel_values.append(encoded.pixel_values)
             self.grids.append(encoded.image_grid_thw)
+            self.images += encoded.images or []
 
 
 def last_images_view(messages: list[dict[str, Any]], keep: int) -> tuple[list[dict[str, Any]], list[Any]]:

@@ -15,6 +15,7 @@ from typing import Any
 from tqdm import tqdm
 
 from lmmr1_core.checkpoint import atomic_dir
+from lmmr1_core.metrics import main_process
 from lmmr1_core.rewards import RewardSet, reward_columns
 from lmmr1_core.trainer import StageContext, build_messages, encode_sample
 
@@ -84,7 +85,8 @@ def run_env_eval(ctx: StageContext) -> None:
     ctx.backend.model.eval()
     rows: list[dict[str, Any]] = []
     chunk = max(1, cfg.micro_batch_size // k)
-    for i in tqdm(range(0, len(ctx.samples), chunk), desc=f"{ctx.name} (eval, episodes)", dynamic_ncols=True):
+    for i in tqdm(range(0, len(ctx.samples), chunk), desc=f"{ctx.name} (eval, episodes)", dynamic_ncols=True,
+                  disable=not main_process()):
         batch = ctx.samples[i : i + chunk]
         episodes = run_episodes(ctx, [s for s in batch for _ in range(k)], greedy=k == 1)
         for j, s in enumerate(batch):
@@ -118,7 +120,7 @@ def run_eval(ctx: StageContext) -> None:
     backend.model.eval()
     rows: list[dict[str, Any]] = []
     chunk = max(1, cfg.micro_batch_size * 4 // k)
-    bar = tqdm(total=len(ctx.samples), desc=f"{ctx.name} (eval)", dynamic_ncols=True)
+    bar = tqdm(total=len(ctx.samples), desc=f"{ctx.name} (eval)", dynamic_ncols=True, disable=not main_process())
     try:
         for i in range(0, len(ctx.samples), chunk):
             batch, prompts = [], []

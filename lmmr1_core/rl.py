@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from lmmr1_core import load_algorithm
 from lmmr1_core.episodes import dense_rewards, episode_record, episode_reward, run_episodes
+from lmmr1_core.metrics import main_process
 from lmmr1_core.rewards import RewardSet, reward_columns
 from lmmr1_core.trainer import (
     DataOrder,
@@ -294,7 +295,7 @@ def run_rl(ctx: StageContext) -> None:
     order = DataOrder(len(ctx.samples), cfg.seed)
     temp = gen.temperature
     ctx.hook.on_stage_start(stage=ctx.name, config=cfg, output_dir=str(ctx.out_dir))
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"{ctx.name} (rl)", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"{ctx.name} (rl)", dynamic_ncols=True, disable=not main_process())
     try:
         for step in range(start + 1, cfg.steps + 1):
             t0 = time.perf_counter()

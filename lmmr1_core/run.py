@@ -14,7 +14,7 @@ from lmmr1_core import load_dataset, load_model
 from lmmr1_core.checkpoint import atomic_write_text, latest_checkpoint, truncate_jsonl
 from lmmr1_core.config import RunConfig, StageConfig, stage_order
 from lmmr1_core.errors import ConfigError, DataError, LmmError
-from lmmr1_core.metrics import RunLog
+from lmmr1_core.metrics import RunLog, main_process
 from lmmr1_core.plugins import get_plugin_manager, lookup
 from lmmr1_core.trainer import StageContext
 from lmmr1_core.types import Sample
@@ -113,7 +113,23 @@ def _model_kwargs(cfg: RunConfig, path: str) -> dict[str, Any]:
             kw[key] = getattr(m, key)
     if m.gradient_checkpointing:
         kw["gradient_checkpointing"] = True
+    for key in ("tensor_parallel", "pipeline_parallel"):  # the megatron backend's model split
+        if getattr(m, key) != 1:
+            kw[key] = getattr(m, key)
     return kw
+
+
+def _wait_for(path: Path, fresh: bool = False, timeout: float = 600.0) -> None:
+    """A non-zero rank (torchrun) waits for rank 0 to write ``path``; ``fresh``: written within the last
+    minute (an earlier run's copy does not count)."""
+    import time
+
+    since = time.time() - 60 if fresh else 0.0
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.stat().st_mtime >= since):
+        if time.monotonic() > deadline:
+            raise LmmError(f"timed out waiting for rank 0 to write {path}")
+        time.sleep(0.2)
 
 
 def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None = None) -> Path:
@@ -121,15 +137,18 @@ def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None =
     check_plugins(cfg, path)
     check_model_path(cfg, path)
     run_dir = Path(output_dir or cfg.output_dir) / cfg.name
-    if fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    if cfg.model.tiny and not Path(cfg.model.path).exists():
-        from lmmr1_core.tiny_model import build_tiny_model
+    if not main_process():  # torchrun: rank 0 prepares the run directory and the tiny model
+        _wait_for(run_dir / "config.yaml", fresh=True)
+    else:
+        if fresh and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.model.tiny and not Path(cfg.model.path).exists():
+            from lmmr1_core.tiny_model import build_tiny_model
 
-        print(f"building a tiny {cfg.model.tiny} model at {cfg.model.path}", file=sys.stderr)
-        build_tiny_model(cfg.model.path, cfg.model.tiny)
+            print(f"building a tiny {cfg.model.tiny} model at {cfg.model.path}", file=sys.stderr)
+            build_tiny_model(cfg.model.path, cfg.model.tiny)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     hook = get_plugin_manager().hook
     for name in order:
         st = cfg.stages[name]
@@ -138,6 +157,8 @@ def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None =
             print(f"stage {name}: finished earlier ({out / 'final'}), skipping", file=sys.stderr)
             continue
         init = str(run_dir / st.init_from / "final") if st.init_from else cfg.model.path
+        if st.init_from and not main_process():  # rank 0 may still be renaming it into place
+            _wait_for(run_dir / st.init_from / "final")
         if st.kind == "eval":
             found = None
         else:
@@ -145,7 +166,8 @@ def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None =
         if found:
             print(f"stage {name}: resuming after step {found[0]} from {found[1]}", file=sys.stderr)
         for log_name in ("metrics.jsonl", "samples.jsonl"):  # drop steps after the checkpoint
-            truncate_jsonl(out / log_name, found[0] if found else 0)
+            if main_process():
+                truncate_jsonl(out / log_name, found[0] if found else 0)
         samples = load_stage_data(name, st, path)
         backend = load_model(cfg.model.backend, **_model_kwargs(cfg, str(found[1]) if found else init))
         if cfg.model.rollout.engine == "vllm":

@@ -7,6 +7,7 @@ import time
 from tqdm import tqdm
 
 from lmmr1_core.errors import DataError
+from lmmr1_core.metrics import main_process
 from lmmr1_core.trainer import (
     DataOrder,
     StageContext,
@@ -33,7 +34,7 @@ def run_sft(ctx: StageContext) -> None:
     order = DataOrder(len(ctx.samples), cfg.seed)
     eos = backend.tokenizer.eos_token_id
     ctx.hook.on_stage_start(stage=ctx.name, config=cfg, output_dir=str(ctx.out_dir))
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"{ctx.name} (sft)", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"{ctx.name} (sft)", dynamic_ncols=True, disable=not main_process())
     try:
         for step in range(start + 1, cfg.steps + 1):
             t0 = time.perf_counter()

@@ -21,7 +21,7 @@ from lmmr1_core.checkpoint import (
 )
 from lmmr1_core.config import RunConfig, StageConfig
 from lmmr1_core.errors import DataError
-from lmmr1_core.metrics import RunLog
+from lmmr1_core.metrics import RunLog, main_process
 from lmmr1_core.types import Sample
 
 
@@ -142,6 +142,10 @@ def make_optimizer(ctx: StageContext, total_updates: int):
 def save_checkpoint(ctx: StageContext, step: int, optimizer, scheduler, position: int) -> None:
     """HF weights + trainer state under ``checkpoints/step-N``, written atomically; older ones pruned."""
     final = ctx.out_dir / "checkpoints" / f"step-{step:06d}"
+    if not main_process():  # torchrun: gathering sharded weights and optimizer state is collective
+        ctx.backend.save(None)
+        optimizer.state_dict()
+        return
     with atomic_dir(final) as tmp:
         ctx.backend.save(tmp)
         state = {
@@ -181,6 +185,9 @@ def resume(ctx: StageContext, optimizer, scheduler) -> tuple[int, int]:
 def save_final(ctx: StageContext) -> Path:
     """The stage's result: an HF checkpoint at ``final/``; its presence marks the stage done."""
     final = ctx.out_dir / "final"
+    if not main_process():  # torchrun: the other ranks take part in gathering the weights
+        ctx.backend.save(None)
+        return final
     with atomic_dir(final) as tmp:
         ctx.backend.save(tmp)
     prune_checkpoints(ctx.out_dir, keep=0)

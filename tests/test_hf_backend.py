@@ -12,8 +12,9 @@ def single_logprob(backend, prompt, completion):
     """Log-probs of one completion alone, unpadded: what the padded batch must reproduce."""
     ids = torch.tensor([prompt.input_ids + completion])
     kw = {}
-    if prompt.pixel_values is not None:
-        kw = {"pixel_values": prompt.pixel_values, "image_grid_thw": prompt.image_grid_thw}
+    if prompt.pixel_values is not None:  # what transformers' own processor hands the model
+        kw = {"pixel_values": prompt.pixel_values, "image_grid_thw": prompt.image_grid_thw,
+              "mm_token_type_ids": (ids == backend.model.config.image_token_id).int()}  # fmt: skip
     with torch.no_grad():
         logits = backend.model(input_ids=ids, use_cache=False, **kw).logits[0].float()
     logp = torch.log_softmax(logits[len(prompt.input_ids) - 1 : -1], dim=-1)
@@ -76,6 +77,12 @@ def test_vl_image_placeholders_equal_image_features(tiny_vl, tmp_path):
         logp, _, _ = b.logprobs([prompt, other], [[50, 60, 70], [80, 90]])
     torch.testing.assert_close(logp[0], single_logprob(b, prompt, [50, 60, 70]), atol=1e-5, rtol=0)
     torch.testing.assert_close(logp[1, :2], single_logprob(b, other, [80, 90]), atol=1e-5, rtol=0)
+    # the image's 3-D positions matter: 1-D positions (no mm_token_type_ids) score it differently
+    ids = torch.tensor([prompt.input_ids + [50, 60, 70]])
+    with torch.no_grad():
+        flat = b.model(input_ids=ids, pixel_values=prompt.pixel_values, image_grid_thw=prompt.image_grid_thw).logits
+    flat_logp = torch.log_softmax(flat[0, -4:-1].float(), -1).gather(-1, torch.tensor([[50], [60], [70]])).squeeze(-1)
+    assert (flat_logp - logp[0]).abs().max() > 1e-4
 
 
 def test_vl_image_errors_name_the_sample(tiny_vl, tmp_path):

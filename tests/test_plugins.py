@@ -14,7 +14,7 @@ def test_builtins_are_loaded_through_entry_points():
     report = {p["name"]: p for p in plugins.plugin_report()}
     assert report["builtin_rewards"]["distribution"] == "lmmr1"
     assert "math_accuracy" in report["builtin_rewards"]["registered"]["rewards"]
-    assert report["builtin_models"]["registered"]["models"] == ["hf"]
+    assert report["builtin_models"]["registered"]["models"] == ["hf", "megatron"]
     assert set(report["builtin_stages"]["registered"]["stages"]) == {"rl", "sft", "eval"}
 
 

@@ -220,6 +220,11 @@ class HFBackend:
             batch["image_grid_thw"] = torch.cat([p.image_grid_thw for p in prompts if p.pixel_values is not None]).to(
                 self.device
             )
+            # Qwen2.5-VL (transformers 5) builds its 3-D positions from these; without them it silently
+            # falls back to 1-D positions that ignore the image grid
+            config = self.model.config
+            kinds = (ids == config.image_token_id).int() + 2 * (ids == getattr(config, "video_token_id", -1)).int()
+            batch["mm_token_type_ids"] = kinds.to(self.device)
         if not self.is_vl:  # VL models derive (multimodal) positions from the mask themselves
             batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)
         return batch

@@ -63,7 +63,7 @@ class VLLMRollout:
             dtype=dtype,
             seed=seed,
             max_model_len=max_model_len,
-            max_num_seqs=options.get("max_num_seqs", 64),
+            max_num_seqs=options.get("max_num_seqs", 256),
             enforce_eager=on_cpu if options.get("enforce_eager") is None else options["enforce_eager"],
             logprobs_mode="processed_logprobs",
             enable_prefix_caching=True,
@@ -73,15 +73,17 @@ class VLLMRollout:
         else:
             kwargs["gpu_memory_utilization"] = options.get("gpu_memory_utilization", 0.4)
         if backend.is_vl:
+            try:
+                import torchvision  # noqa: F401
+            except Exception as exc:  # missing, or a wheel built for another torch
+                raise ConfigError(
+                    "model.rollout.engine: vllm with a vision-language model needs torchvision (vLLM's Qwen2.5-VL "
+                    f"code imports it), and it does not import here: {exc}. Use a torchvision built for this torch "
+                    "(a CUDA machine's), or `model.rollout.engine: backend`."
+                ) from None
             kwargs["limit_mm_per_prompt"] = {"image": options.get("max_images", 8), "video": 0}
         t0 = time.perf_counter()
-        try:
-            self.llm = vllm.LLM(**kwargs)
-        except Exception as exc:
-            if backend.is_vl and "torchvision" in str(exc):
-                msg = f"vLLM's Qwen2.5-VL code needs torchvision, which does not import here: {exc}"
-                raise ConfigError(msg) from None
-            raise
+        self.llm = vllm.LLM(**kwargs)
         torch.set_num_threads(threads)  # vLLM lowers it for serving; the trainer shares the process
         self.start_seconds = time.perf_counter() - t0
         self._sampling_params = vllm.SamplingParams
@@ -146,10 +148,13 @@ class VLLMRollout:
         return completions, logprobs
 
     def _input(self, prompt: Any) -> dict[str, Any]:
-        item = self._tokens_prompt(prompt_token_ids=list(prompt.input_ids))
-        if prompt.images:
-            item["multi_modal_data"] = {"image": list(prompt.images)}
-        return item
+        """Token ids as they are, except that vLLM expands each image's placeholder itself: a run of image
+        tokens (our processor's expansion) goes back to one."""
+        if not prompt.images:
+            return self._tokens_prompt(prompt_token_ids=list(prompt.input_ids))
+        pad = _hf_config(self.backend).image_token_id
+        ids = [t for i, t in enumerate(prompt.input_ids) if t != pad or i == 0 or prompt.input_ids[i - 1] != pad]
+        return self._tokens_prompt(prompt_token_ids=ids, multi_modal_data={"image": list(prompt.images)})
 
     def close(self) -> None:
         """Free the engine (a later stage builds its own)."""
@@ -163,16 +168,24 @@ class VLLMRollout:
             gc.collect()
 
 
+def _hf_config(backend: Any) -> Any:
+    """The Hugging Face config behind a backend (the megatron backend keeps an hf backend as ``hf``)."""
+    return getattr(backend, "hf", backend).model.config
+
+
 def rollout_engine(backend: Any, model_cfg: Any, stage: Any) -> Any:
     """The backend a stage generates with: itself, or wrapped in a vLLM engine sized for the stage."""
     r = model_cfg.rollout
     if r.engine != "vllm" or stage.kind == "sft":
         return backend
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        raise ConfigError("model.rollout.engine: vllm runs in one process; with several (torchrun) use "
+                          "`model.rollout.engine: backend`")  # fmt: skip
     gen = stage.generation
     max_len = r.max_model_len
     if max_len is None:
         budget = stage.env.max_episode_tokens if stage.env is not None else gen.max_prompt_length
-        config = backend.model.config
+        config = _hf_config(backend)
         limit = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
         max_len = min(budget + gen.max_new_tokens, limit or 1 << 30)  # vLLM refuses more than the model's positions
     options = r.model_dump(exclude={"engine", "max_model_len"})

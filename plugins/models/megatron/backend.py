@@ -1,0 +1,323 @@
+"""``MegatronBackend``: the language model on megatron-core (TP/PP), everything else through ``HFBackend``.
+
+Who does what:
+- an ``HFBackend`` (one per rank) holds the tokenizer, the image processor, the chat template, the
+  vision tower (replicated, trained with the rest), rollout generation and HF-format saving;
+- a megatron-core ``GPTModel`` (this rank's tensor/pipeline shard) computes log-probs and is trained.
+  Image features from the HF vision tower replace the image-token embeddings of its decoder input;
+  3-D multimodal positions come from the HF model's own ``get_rope_index``.
+
+Weights flow one way: after each optimizer step the HF language weights are stale; before the next
+``generate`` or ``save`` the shards are gathered and converted into rank 0's HF model. Rank 0 alone
+generates (with the hf engine) and broadcasts the completions and its RNG state, so every rank
+trains on the same batch and draws the same random numbers afterwards. Rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from lmmr1_plugins.models.hf import HFBackend, Prompt, _pick_device
+from lmmr1_plugins.models.megatron import pipeline
+from lmmr1_plugins.models.megatron.convert import from_megatron, hf_lm_params, to_megatron
+from lmmr1_plugins.models.megatron.model import build_gpt, lm_shape
+from lmmr1_plugins.models.megatron.parallel import init_parallel
+from lmmr1_plugins.models.megatron.train import MegatronAdamW, clip_grad_norm
+
+from lmmr1_core.errors import ConfigError
+
+
+class MegatronBackend:
+    """Policy (and optional frozen reference) as megatron-core shards; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str,
+        dtype: str = "auto",
+        device: str = "auto",
+        tensor_parallel: int = 1,
+        pipeline_parallel: int = 1,
+        **hf_kwargs: Any,
+    ) -> None:
+        from megatron.core import parallel_state as mpu
+
+        self.path = str(path)
+        init_parallel(tensor_parallel, pipeline_parallel, _pick_device(device))
+        self.hf = HFBackend(path, dtype=dtype, device=device, **hf_kwargs)
+        self.device, self.dtype = self.hf.device, self.hf.dtype
+        self.tp, self.pp = tensor_parallel, pipeline_parallel
+        self.tp_rank = mpu.get_tensor_model_parallel_rank()
+        self.pp_rank = mpu.get_pipeline_model_parallel_rank()
+        self.first, self.last = mpu.is_pipeline_first_stage(), mpu.is_pipeline_last_stage()
+        self.rank = dist.get_rank()
+        self.shape = lm_shape(self.hf.model.config, tensor_parallel)
+        self.gpt = build_gpt(self.shape, tensor_parallel, pipeline_parallel, self.dtype, self.device)
+        self.load_hf_weights(self.gpt, hf_lm_params(self.hf.model))
+        for p in hf_lm_params(self.hf.model).values():  # trained in megatron; refreshed from it
+            p.requires_grad_(False)
+        self.model = self.gpt
+        self.reference: tuple[torch.nn.Module, torch.nn.Module | None] | None = None
+        self._anchor = torch.zeros(0, device=self.device, requires_grad=True)  # see pipeline.RecvForward
+        self._hf_stale = False
+
+    # -- what the loops use from the hf side ------------------------------------------------------
+
+    @property
+    def tokenizer(self):
+        return self.hf.tokenizer
+
+    @property
+    def eos_ids(self) -> set[int]:
+        return self.hf.eos_ids
+
+    def encode(self, messages: list[dict[str, Any]], images: list[Any] = (), sample_id: str = "") -> Prompt:
+        return self.hf.encode(messages, images, sample_id)
+
+    def encode_continuation(self, history, new, images=(), sample_id: str = "") -> Prompt:
+        return self.hf.encode_continuation(history, new, images, sample_id)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.hf.decode(ids)
+
+    # -- weights ---------------------------------------------------------------------------------
+
+    def load_hf_weights(self, gpt: torch.nn.Module, hf_state: dict[str, torch.Tensor]) -> None:
+        """Fill ``gpt`` (this rank's shard) from a full HF language-model state."""
+        hf_state = {k: v.detach() for k, v in hf_state.items()}
+        shard = to_megatron(hf_state, self.shape, self.tp_rank, self.tp, self.pp_rank, self.pp)
+        own = {k for k in gpt.state_dict() if not k.endswith("_extra_state")}
+        if set(shard) != own:
+            raise RuntimeError(
+                f"conversion mismatch: missing {sorted(own - set(shard))}, extra {sorted(set(shard) - own)}"
+            )
+        with torch.no_grad():
+            for name, p in gpt.named_parameters():
+                p.copy_(shard[name])
+
+    def gather_hf_state(self) -> dict[str, torch.Tensor] | None:
+        """The full HF language-model state, merged from every rank's shard: on rank 0 (None elsewhere)."""
+        from megatron.core import parallel_state as mpu
+
+        local = {k: v.detach() for k, v in self.gpt.state_dict().items() if not k.endswith("_extra_state")}
+        if self.tp > 1:
+            group = mpu.get_tensor_model_parallel_group()
+            shards: list[dict[str, torch.Tensor]] = [{} for _ in range(self.tp)]
+            for key in sorted(local):
+                parts = [torch.empty_like(local[key]) for _ in range(self.tp)]
+                dist.all_gather(parts, local[key].contiguous(), group=group)
+                for i, part in enumerate(parts):
+                    shards[i][key] = part
+        else:
+            shards = [local]
+        part = from_megatron(shards, self.shape, self.pp_rank, self.pp) if self.tp_rank == 0 else {}
+        if self.pp == 1:
+            return part if self.rank == 0 else None
+        # each stage's tensor-rank-0 sends its HF tensors to rank 0
+        metas: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(metas, {k: (tuple(v.shape), v.dtype) for k, v in part.items()})
+        full = dict(part) if self.rank == 0 else None
+        for src, meta in enumerate(metas):
+            if src == 0 or not meta:
+                continue
+            for key in sorted(meta):
+                if self.rank == src:
+                    dist.send(part[key], 0)
+                elif self.rank == 0:
+                    buf = torch.empty(meta[key][0], dtype=meta[key][1], device=self.device)
+                    dist.recv(buf, src)
+                    full[key] = buf
+        return full
+
+    def _sync_hf(self) -> None:
+        """Refresh rank 0's HF language weights from the megatron shards, if a step changed them."""
+        if not self._hf_stale:
+            return
+        state = self.gather_hf_state()
+        if state is not None:
+            params = hf_lm_params(self.hf.model)
+            with torch.no_grad():
+                for key, value in state.items():
+                    params[key].copy_(value)
+        self._hf_stale = False
+
+    # -- rollouts --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, prompts: list[Prompt], max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                 greedy: bool = False, return_logprobs: bool = False):  # fmt: skip
+        """Rank 0 generates with the HF model (weights synced from megatron); every rank gets its result."""
+        self._sync_hf()
+        args = (prompts, max_new_tokens, temperature, top_p, greedy, return_logprobs)
+        if dist.get_world_size() == 1:
+            return self.hf.generate(*args)
+        payload: list[Any] = [None]
+        if self.rank == 0:
+            completions = self.hf.generate(*args)
+            cuda_rng = torch.cuda.get_rng_state() if self.device.type == "cuda" else None
+            payload = [(completions, torch.get_rng_state(), cuda_rng)]
+        dist.broadcast_object_list(payload, 0, device=self.device if self.device.type == "cuda" else None)
+        completions, cpu_rng, cuda_rng = payload[0]
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng)
+        return completions
+
+    @property
+    def is_vl(self) -> bool:
+        return self.hf.is_vl
+
+    def rollout_state_dict(self) -> dict[str, torch.Tensor]:
+        """The full weights under HF names, for a rollout engine (one process: rank 0 holds them)."""
+        self._sync_hf()
+        return self.hf.rollout_state_dict()
+
+    # -- log-probs -------------------------------------------------------------------------------
+
+    def positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[3, B, S]`` rotary positions: Qwen2.5-VL's 3-D ones for image tokens, else the token index
+        among non-padding tokens (the same position in all three rows)."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if self.shape.is_vl and "image_grid_thw" in batch:
+            cfg = self.hf.model.config
+            types = (ids == cfg.image_token_id).int() + 2 * (ids == cfg.video_token_id).int()
+            pos, _ = self.hf.model.model.get_rope_index(
+                ids, mm_token_type_ids=types, image_grid_thw=batch["image_grid_thw"], attention_mask=mask
+            )
+            return pos
+        return (mask.cumsum(-1) - 1).clamp(min=0)[None].expand(3, -1, -1)
+
+    def _decoder_input(self, gpt, visual, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Token embeddings ``[S, B, H]`` with the vision tower's features at the image-token positions."""
+        emb = gpt.embedding(input_ids=batch["input_ids"], position_ids=None)
+        if "pixel_values" not in batch:
+            return emb
+        feats = visual(batch["pixel_values"].to(visual.dtype), grid_thw=batch["image_grid_thw"]).pooler_output
+        image = batch["input_ids"] == self.hf.model.config.image_token_id  # [B, S]
+        if int(image.sum()) != feats.shape[0]:
+            raise RuntimeError(f"{int(image.sum())} image tokens but {feats.shape[0]} image features")
+        emb = emb.transpose(0, 1).clone()  # batch-major, the order the features come in
+        emb[image] = feats.to(emb.dtype)
+        return emb.transpose(0, 1).contiguous()
+
+    def logits(self, prompts: list[Prompt], completions: list[list[int]], keep: int,
+               reference: bool = False) -> torch.Tensor | None:  # fmt: skip
+        """Logits ``[B, keep, V]`` of the last ``keep`` positions, on the last pipeline stage (None elsewhere)."""
+        gpt, visual = self.reference if reference else (self.gpt, self._visual())
+        batch = self.hf._batch(prompts, completions)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        pos = self.positions(batch)
+        rotary = gpt.rotary_pos_emb(pos, gpt.mrope_section)
+        pad = ~mask.bool()[:, None, None, :]  # [B, 1, 1, S] key padding; the causal part is SDPAttention's
+        if self.first:
+            hidden = self._decoder_input(gpt, visual, batch)
+        else:
+            shape = (ids.shape[1], ids.shape[0], self.shape.hidden)
+            gpt.decoder.set_input_tensor(pipeline.RecvForward.apply(self._anchor, shape, self.dtype))
+            hidden = None
+        out = gpt.decoder(hidden_states=hidden, attention_mask=pad, rotary_pos_emb=rotary)
+        if not self.last:
+            self._stage_out = out
+            return None
+        weight = gpt.shared_embedding_or_output_weight() if gpt.share_embeddings_and_output_weights else None
+        logits, _ = gpt.output_layer(out[-keep:], weight=weight)
+        return logits.transpose(0, 1)[..., : self.shape.vocab]
+
+    def logprobs(
+        self,
+        prompts: list[Prompt],
+        completions: list[list[int]],
+        temperature: float = 1.0,
+        reference: bool = False,
+        with_entropy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Per-token log-probs of each completion: ``(logp [B, T], mask [B, T], entropy | None)``, the same
+        (differentiable) tensor on every rank."""
+        if reference and self.reference is None:
+            raise RuntimeError("no reference model: call make_reference() first")
+        T = max(len(c) for c in completions)
+        B = len(completions)
+        mask = torch.tensor([[1.0] * len(c) + [0.0] * (T - len(c)) for c in completions], device=self.device)
+        logits = self.logits(prompts, completions, T + 1, reference)
+        entropy = None
+        if self.last:
+            logits = logits[:, :-1].float() / temperature
+            targets = torch.tensor([c + [0] * (T - len(c)) for c in completions], device=self.device)
+            logz = torch.logsumexp(logits, dim=-1)
+            logp = (logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz) * mask
+            if with_entropy:
+                with torch.no_grad():
+                    entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+            if self.pp > 1:
+                pipeline.broadcast_from_last(logp.detach().clone())
+        else:
+            logp = pipeline.SendForward.apply(self._stage_out, (B, T))
+            self._stage_out = None
+        if self.pp > 1 and with_entropy:
+            entropy = entropy if entropy is not None else torch.empty(B, T, device=self.device)
+            pipeline.broadcast_from_last(entropy)
+        return logp, mask, entropy
+
+    # -- training --------------------------------------------------------------------------------
+
+    def _visual(self):
+        return getattr(self.hf.model.model, "visual", None)
+
+    def train(self) -> None:
+        self.gpt.train()
+        if self._visual() is not None:
+            self._visual().train()
+
+    def make_reference(self, path: str | None = None) -> None:
+        """A frozen copy for the KL term: the weights at ``path`` (or the current policy), as megatron shards
+        plus that checkpoint's vision tower."""
+        import copy
+
+        self.hf.make_reference(path)  # a frozen HF model: its vision tower and language weights
+        ref_gpt = build_gpt(self.shape, self.tp, self.pp, self.dtype, self.device)
+        if path is None:
+            ref_gpt.load_state_dict(self.gpt.state_dict())
+        else:
+            self.load_hf_weights(ref_gpt, hf_lm_params(self.hf.reference))
+        ref_gpt.eval().requires_grad_(False)
+        visual = getattr(self.hf.reference.model, "visual", None)
+        self.reference = (ref_gpt, copy.deepcopy(visual) if visual is not None else None)
+        self.hf.reference = None
+
+    def make_optimizer(self, lr: float, weight_decay: float, betas: tuple[float, float], freeze: list[str] = ()):
+        """AdamW over the megatron shard plus the (HF) vision tower; ``freeze`` prefixes name vision
+        parameters by their HF names (``model.visual``...) — the language model trains whole."""
+        visual = {f"model.visual.{n}": p for n, p in (self._visual().named_parameters() if self._visual() else [])}
+        for prefix in freeze:
+            if not any(n.startswith(prefix) for n in visual):
+                raise ConfigError(f"optim.freeze: {prefix!r}: the megatron backend freezes vision-tower parameters "
+                                  "only (names starting with 'model.visual')")  # fmt: skip
+        for n, p in visual.items():
+            if any(n.startswith(prefix) for prefix in freeze):
+                p.requires_grad_(False)
+        params = [p for p in self.gpt.parameters() if p.requires_grad]
+        params += [p for p in visual.values() if p.requires_grad]
+        optimizer = MegatronAdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+        optimizer.register_step_post_hook(lambda *_: setattr(self, "_hf_stale", True))
+        return optimizer
+
+    def clip_grad_norm(self, max_norm: float) -> float:
+        return clip_grad_norm(self.gpt, self._visual() if self.first else None, max_norm)
+
+    def make_critic(self, lr: float) -> None:
+        raise ConfigError("algorithm ppo: the megatron backend has no critic yet; use model.backend: hf, or a "
+                          "critic-free algorithm (grpo, dr_grpo, dapo, rloo, reinforce_pp, gspo)")  # fmt: skip
+
+    # -- saving ----------------------------------------------------------------------------------
+
+    def save(self, out_dir: str | Path | None) -> None:
+        """An HF checkpoint (the hf backend, eval and vllm read it). Collective: every rank calls it;
+        rank 0 writes to ``out_dir`` (the others pass None)."""
+        self._hf_stale = True  # the gather is collective: every rank takes part, whatever it did before
+        self._sync_hf()
+        if self.rank == 0 and out_dir is not None:
+            self.hf.save(out_dir)
+        if dist.get_world_size() > 1:
+            dist.barrier()  # the next stage may load these files on every rank

@@ -1,0 +1,62 @@
+"""Process groups: torch.distributed (under ``torchrun`` or a one-process group) and megatron's TP/PP grid.
+
+On CPU the backend is gloo; on GPU nccl. megatron-core asks ``torch.cuda.current_device()`` for the
+device of a few buffers (rotary frequencies, the tensor-parallel logit gather, in forward and in
+backward); on a CPU-only run ``cpu_as_current_device`` makes that answer ``"cpu"`` for the process.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from lmmr1_core.errors import ConfigError
+
+
+def init_parallel(tensor_parallel: int, pipeline_parallel: int, device: torch.device) -> None:
+    """Start torch.distributed if needed and set megatron's model-parallel groups to ``TP x PP``.
+
+    Every rank of a data-parallel replica runs the same data, so the world must be exactly one
+    replica: ``world_size == tensor_parallel * pipeline_parallel``.
+    """
+    from megatron.core import parallel_state as mpu
+
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun
+            if device.type == "cuda":
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            dist.init_process_group(backend, timeout=timedelta(minutes=30))
+        else:
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    world = dist.get_world_size()
+    if world != tensor_parallel * pipeline_parallel:
+        raise ConfigError(
+            f"model: {world} processes but tensor_parallel x pipeline_parallel = "
+            f"{tensor_parallel} x {pipeline_parallel}; the megatron backend runs one model replica "
+            f"(data parallel is not supported yet): start {tensor_parallel * pipeline_parallel} processes "
+            f"(`lmmr1 run FILE --nproc-per-node {tensor_parallel * pipeline_parallel}`)"
+        )
+    if mpu.model_parallel_is_initialized():
+        if (
+            mpu.get_tensor_model_parallel_world_size() == tensor_parallel
+            and mpu.get_pipeline_model_parallel_world_size() == pipeline_parallel
+        ):
+            return
+        mpu.destroy_model_parallel()
+    if device.type != "cuda":
+        cpu_as_current_device()
+    mpu.initialize_model_parallel(tensor_parallel, pipeline_parallel)
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
+
+
+def cpu_as_current_device() -> None:
+    """On a CPU-only run, ``torch.cuda.current_device()`` (which would raise) names the CPU."""
+    if not torch.cuda.is_available():
+        torch.cuda.current_device = lambda: "cpu"

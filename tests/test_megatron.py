@@ -1,0 +1,228 @@
+"""The megatron backend on CPU (gloo): logits against HF, conversion round trip, TP/PP against TP 1,
+and the quickstart's RL loss against the hf backend.
+
+Run as a script (``torchrun tests/test_megatron.py TP PP OUT``) this file is also the worker of the
+tensor/pipeline-parallel test.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("megatron.core")
+
+import torch  # noqa: E402
+from conftest import TESTS, run_stage_file  # noqa: E402
+
+ABS_TOL = 1e-4
+
+
+def _vl_batch(backend):
+    """Two prompts with images of different sizes and one text-only prompt: left padding, 3-D positions."""
+    from PIL import Image
+
+    def msgs(text):
+        return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+
+    prompts = [
+        backend.encode(msgs("what is the red box"), [Image.new("RGB", (56, 84), (200, 30, 30))]),
+        backend.encode(msgs("how many"), [Image.new("RGB", (112, 56), (20, 30, 230))]),
+        backend.encode([{"role": "user", "content": "what is 2 plus 3"}]),
+    ]
+    return prompts, [[10, 11, 12, 13], [14, 15], [16, 17, 18]]
+
+
+def _megatron(path, **kw):
+    from lmmr1_plugins.models.megatron.backend import MegatronBackend
+
+    return MegatronBackend(str(path), dtype="float32", device="cpu", **kw)
+
+
+def _hf_reference_logits(backend, prompts, completions):
+    """The HF model's own forward with 3-D multimodal positions (``mm_token_type_ids``), all positions."""
+    batch = backend.hf._batch(prompts, completions)
+    batch["mm_token_type_ids"] = (batch["input_ids"] == backend.hf.model.config.image_token_id).int()
+    with torch.no_grad():
+        return backend.hf.model(**batch, use_cache=False).logits, batch["attention_mask"].bool()
+
+
+def test_vl_logits_match_hf(tiny_vl):
+    backend = _megatron(tiny_vl)
+    prompts, completions = _vl_batch(backend)
+    ref, real = _hf_reference_logits(backend, prompts, completions)
+    with torch.no_grad():
+        logits = backend.logits(prompts, completions, keep=ref.shape[1])
+    assert logits.shape == ref.shape
+    diff = (logits - ref)[real].abs().max().item()  # padding positions' outputs are never read
+    assert diff < ABS_TOL, diff
+    logp, mask, entropy = backend.logprobs(prompts, completions, with_entropy=True)
+    T = mask.shape[1]
+    ref_lp = torch.log_softmax(ref[:, -(T + 1) : -1].float(), -1)
+    targets = backend.hf._batch(prompts, completions)["input_ids"][:, -T:]
+    ref_logp = ref_lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * mask
+    assert (logp - ref_logp).abs().max().item() < ABS_TOL
+    assert logp.requires_grad and entropy is not None
+
+
+def test_text_logprobs_match_hf_backend(tiny_text):
+    backend = _megatron(tiny_text)
+    prompts = [backend.encode([{"role": "user", "content": q}]) for q in ("What is 2 + 3?", "hi")]
+    completions = [[20, 21, 22], [23]]
+    logp, mask, entropy = backend.logprobs(prompts, completions, temperature=0.7, with_entropy=True)
+    ref_logp, ref_mask, ref_entropy = backend.hf.logprobs(prompts, completions, temperature=0.7, with_entropy=True)
+    assert torch.equal(mask, ref_mask)
+    assert (logp - ref_logp).abs().max().item() < ABS_TOL
+    assert ((entropy - ref_entropy) * mask).abs().max().item() < ABS_TOL  # padding rows are never read
+
+
+def _untied(hf: dict, shape):
+    from dataclasses import replace
+
+    hf = dict(hf, **{"lm_head.weight": torch.randn_like(hf["embed_tokens.weight"])})
+    return hf, replace(shape, tied=False)
+
+
+@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2), (2, 2)])
+@pytest.mark.parametrize("tied", [True, False])
+def test_conversion_round_trip_is_bit_exact(tiny_vl, tp, pp, tied):
+    from lmmr1_plugins.models.megatron.convert import from_megatron, hf_lm_params, to_megatron
+    from lmmr1_plugins.models.megatron.model import lm_shape
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(str(tiny_vl), dtype=torch.float32)
+    hf = {k: v.detach() for k, v in hf_lm_params(model).items()}
+    shape = lm_shape(AutoConfig.from_pretrained(str(tiny_vl)), tp)
+    if not tied:
+        hf, shape = _untied(hf, shape)
+    merged = {}
+    for pp_rank in range(pp):
+        shards = [to_megatron(hf, shape, r, tp, pp_rank, pp) for r in range(tp)]
+        if tp > 1:  # really split: each shard holds a part of each matrix
+            qkv = "decoder.layers.0.self_attention.linear_qkv.weight"
+            assert shards[0][qkv].shape[0] * tp == sum(v.shape[0] for k, v in hf.items() if "layers.0.self_attn" in k
+                                                       and k.endswith("proj.weight") and "o_proj" not in k)  # fmt: skip
+        merged.update(from_megatron(shards, shape, pp_rank, pp))
+    assert merged.keys() == hf.keys()
+    for key, value in hf.items():
+        assert torch.equal(merged[key], value), key
+
+
+def test_round_trip_through_the_model_and_save(tiny_vl, tmp_path):
+    """Weights loaded into GPTModel and saved back as an HF checkpoint are the original bytes."""
+    from safetensors.torch import load_file
+
+    backend = _megatron(tiny_vl)
+    backend.save(tmp_path / "out")
+    before, after = load_file(tiny_vl / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    assert before.keys() == after.keys()
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+
+
+def test_world_size_must_match_the_split(tiny_text):
+    from lmmr1_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tensor_parallel x pipeline_parallel"):
+        _megatron(tiny_text, tensor_parallel=2)
+
+
+def _parallel_worker(model: str, tp: int, pp: int, out: str) -> dict:
+    """log-probs, entropy, one clipped AdamW step, log-probs again, a greedy rollout and a save."""
+    import torch.distributed as dist
+
+    backend = _megatron(model, tensor_parallel=tp, pipeline_parallel=pp)
+    prompts, completions = _vl_batch(backend)
+    optimizer = backend.make_optimizer(1e-2, 0.01, (0.9, 0.999))
+    backend.train()
+    logp, _, entropy = backend.logprobs(prompts, completions, with_entropy=True)
+    (-logp.sum()).backward()
+    norm = backend.clip_grad_norm(0.5)
+    optimizer.step()
+    optimizer.zero_grad()
+    with torch.no_grad():
+        after, _, _ = backend.logprobs(prompts, completions)
+    rollout = backend.generate(prompts, 6, greedy=True)
+    main = dist.get_rank() == 0
+    backend.save(Path(out) / "hf" if main else None)
+    result = {"logp": logp.detach(), "entropy": entropy, "norm": norm, "after": after, "rollout": rollout}
+    if main:
+        torch.save(result, Path(out) / "result.pt")
+    return result
+
+
+@pytest.fixture(scope="module")
+def tp1_result(tiny_vl, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tp1")
+    return _parallel_worker(str(tiny_vl), 1, 1, str(out)), out
+
+
+@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)])
+def test_tensor_and_pipeline_parallel_match_tp1(tiny_vl, tmp_path, tp1_result, tp, pp):
+    from safetensors.torch import load_file
+
+    ref, ref_dir = tp1_result
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={tp * pp}",
+           str(Path(__file__)), str(tiny_vl), str(tp), str(pp), str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.load(tmp_path / "result.pt")
+    assert (got["logp"] - ref["logp"]).abs().max().item() < ABS_TOL
+    assert (got["entropy"] - ref["entropy"]).abs().max().item() < ABS_TOL
+    assert abs(got["norm"] - ref["norm"]) < ABS_TOL * ref["norm"]
+    assert (got["after"] - ref["after"]).abs().max().item() < ABS_TOL  # the step changed the same weights alike
+    assert (got["after"] - got["logp"]).abs().max().item() > 1e-3
+    assert got["rollout"] == ref["rollout"]
+    saved, ref_saved = load_file(tmp_path / "hf" / "model.safetensors"), load_file(ref_dir / "hf" / "model.safetensors")
+    assert saved.keys() == ref_saved.keys()
+    assert max((saved[k] - ref_saved[k]).abs().max().item() for k in saved) < 1e-3
+
+
+def _metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_quickstart_rl_loss_matches_hf(tmp_path):
+    """Two rl steps of the quickstart per backend, from the same warm-up weights (the hf run's warm-up
+    stage is copied into the megatron run, which skips it as finished)."""
+    sets = ["stages.fre.steps=2", "stages.fre.batch_size=4", "stages.fre.micro_batch_size=16"]
+    hf = run_stage_file(tmp_path / "hf", "quickstart.yaml", sets)
+    assert hf.returncode == 0, hf.stderr[-3000:]
+    mg_dir = tmp_path / "mg"
+    (mg_dir / "runs" / "quickstart").mkdir(parents=True)
+    shutil.copytree(tmp_path / "hf" / "runs" / "quickstart" / "warmup", mg_dir / "runs" / "quickstart" / "warmup")
+    shutil.copytree(tmp_path / "hf" / "runs" / "tiny-text-model", mg_dir / "runs" / "tiny-text-model")
+    mg = run_stage_file(mg_dir, "quickstart.yaml", [*sets, "model.backend=megatron"])
+    assert mg.returncode == 0, mg.stderr[-3000:]
+    assert "stage warmup: finished earlier" in mg.stderr
+    ref = _metrics(tmp_path / "hf" / "runs" / "quickstart" / "fre" / "metrics.jsonl")
+    got = _metrics(mg_dir / "runs" / "quickstart" / "fre" / "metrics.jsonl")
+    assert [m["step"] for m in got] == [1, 2]
+    assert abs(ref[0]["loss"]) > 1e-4  # rewards vary: the loss is not trivially zero
+    assert got[0]["reward/mean"] == ref[0]["reward/mean"]  # the same rollouts
+    assert abs(got[0]["loss"] - ref[0]["loss"]) < 1e-5
+    assert abs(got[0]["grad_norm"] - ref[0]["grad_norm"]) < 1e-4 * ref[0]["grad_norm"]
+    assert (mg_dir / "runs" / "quickstart" / "fre" / "final" / "model.safetensors").exists()
+
+
+def test_nproc_per_node_runs_tensor_parallel(tmp_path):
+    """``lmmr1 run --nproc-per-node 2`` with tensor_parallel 2: both stages finish, rank 0 writes once."""
+    shutil.copytree(TESTS.parent / "stages", tmp_path / "stages")
+    sets = ["model.backend=megatron", "model.tensor_parallel=2", "stages.warmup.steps=2", "stages.fre.steps=1",
+            "stages.fre.batch_size=2", "stages.fre.algorithm.group_size=2"]  # fmt: skip
+    cmd = [sys.executable, "-m", "lmmr1_core.cli", "run", "stages/quickstart.yaml", "--nproc-per-node", "2",
+           *(a for s in sets for a in ("--set", s))]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fre = tmp_path / "runs" / "quickstart" / "fre"
+    assert len(_metrics(fre / "metrics.jsonl")) == 1
+    assert len(_metrics(tmp_path / "runs" / "quickstart" / "warmup" / "metrics.jsonl")) == 2
+    assert (fre / "final" / "model.safetensors").exists()
+
+
+if __name__ == "__main__":  # the torchrun worker of test_tensor_and_pipeline_parallel_match_tp1
+    _parallel_worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
