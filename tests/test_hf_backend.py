@@ -17,6 +17,7 @@ def single_logprob(backend, prompt, completion):
               "mm_token_type_ids": (ids == backend.model.config.image_token_id).int()}  # fmt: skip
     with torch.no_grad():
         logits = backend.model(input_ids=ids, use_cache=False, **kw).logits[0].float()
+    logits[:, backend.suppress] = float("-inf")  # never sampled: outside the policy's distribution
     logp = torch.log_softmax(logits[len(prompt.input_ids) - 1 : -1], dim=-1)
     return logp.gather(-1, torch.tensor(completion).unsqueeze(-1)).squeeze(-1)
 
@@ -81,7 +82,8 @@ def test_vl_image_placeholders_equal_image_features(tiny_vl, tmp_path):
     ids = torch.tensor([prompt.input_ids + [50, 60, 70]])
     with torch.no_grad():
         flat = b.model(input_ids=ids, pixel_values=prompt.pixel_values, image_grid_thw=prompt.image_grid_thw).logits
-    flat_logp = torch.log_softmax(flat[0, -4:-1].float(), -1).gather(-1, torch.tensor([[50], [60], [70]])).squeeze(-1)
+    flat = flat[0, -4:-1].float().index_fill(-1, torch.tensor(b.suppress), float("-inf"))
+    flat_logp = torch.log_softmax(flat, -1).gather(-1, torch.tensor([[50], [60], [70]])).squeeze(-1)
     assert (flat_logp - logp[0]).abs().max() > 1e-4
 
 

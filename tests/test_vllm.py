@@ -205,6 +205,7 @@ def test_image_rollouts_through_vllm(tiny_vl):
     # measured 5e-7 / 1e-6: vLLM's multimodal positions agree with the hf backend's (they did not before
     # the hf backend passed mm_token_type_ids: transformers then used 1-D positions)
     assert result["gap_before"] < 1e-4 and result["gap_after_sync"] < 1e-4
+    assert result["episodes_equal"] and result["episode_images"] == [3, 3]
 
 
 def test_megatron_trainer_with_vllm_rollouts(tmp_path):

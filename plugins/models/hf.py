@@ -69,6 +69,31 @@ def _load_image(image: Any, sample_id: str):
         raise DataError(f"sample {sample_id}: cannot read image {path}: {exc}") from None
 
 
+def token_logprobs(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    suppress: list[int] = (),
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``log p(target)`` under the sampling distribution, ``[B, T]`` (and its entropy).
+
+    That distribution is the tempered softmax without the ``suppress`` tokens (image placeholders are never
+    sampled), so their logits are pushed far down, not to -inf: an env-written placeholder in a multi-turn
+    completion must still get a finite (loss-masked) value.
+    """
+    logits = logits.float() / temperature
+    if suppress:
+        logits = logits.index_fill(-1, torch.tensor(list(suppress), device=logits.device), -1e4)
+    logz = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return logp, entropy
+
+
 class HFBackend:
     """Policy (and optional frozen reference) as a transformers model on one device."""
 
@@ -268,8 +293,7 @@ class HFBackend:
             completions.append(row[:cut])
         if not return_logprobs:
             return completions
-        logits = torch.stack(out.logits, dim=1).float() / (1.0 if greedy else temperature)  # [B, T, V]
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, new_ids.unsqueeze(-1)).squeeze(-1)
+        logp, _ = token_logprobs(torch.stack(out.logits, dim=1), new_ids, 1.0 if greedy else temperature, self.suppress)
         return completions, [row[: len(c)] for row, c in zip(logp.tolist(), completions)]
 
     def rollout_state_dict(self) -> dict[str, torch.Tensor]:
@@ -290,17 +314,9 @@ class HFBackend:
             raise RuntimeError("no reference model: call make_reference() first")
         batch = self._batch(prompts, completions)
         T = max(len(c) for c in completions)
-        logits = model(**batch, use_cache=False, logits_to_keep=T + 1).logits[:, :-1].float()
-        logits = logits / temperature
-        targets = batch["input_ids"][:, -T:]
+        logits = model(**batch, use_cache=False, logits_to_keep=T + 1).logits[:, :-1]
         mask = batch["attention_mask"][:, -T:].float()
-        logz = torch.logsumexp(logits, dim=-1)
-        logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
-        entropy = None
-        if with_entropy:
-            with torch.no_grad():
-                probs = torch.softmax(logits, dim=-1)
-                entropy = logz - (probs * logits).sum(-1)
+        logp, entropy = token_logprobs(logits, batch["input_ids"][:, -T:], temperature, self.suppress, with_entropy)
         return logp * mask, mask, entropy
 
     # -- training --------------------------------------------------------------------------------

@@ -136,6 +136,8 @@ class VLLMRollout:
             top_p=1.0 if greedy else top_p,
             stop_token_ids=sorted(self.backend.eos_ids),
             logprobs=0 if return_logprobs else None,
+            # an image placeholder the model samples would break the next forward (tokens != features)
+            logit_bias={t: -100.0 for t in _hf(self.backend).suppress} or None,
         )
         inputs = [self._input(p) for p in prompts]
         outs = self.llm.generate(inputs, params, use_tqdm=False)
@@ -168,9 +170,13 @@ class VLLMRollout:
             gc.collect()
 
 
+def _hf(backend: Any) -> Any:
+    """The hf backend itself, or the one a megatron backend keeps for tokenizing, images and saving."""
+    return getattr(backend, "hf", backend)
+
+
 def _hf_config(backend: Any) -> Any:
-    """The Hugging Face config behind a backend (the megatron backend keeps an hf backend as ``hf``)."""
-    return getattr(backend, "hf", backend).model.config
+    return _hf(backend).model.config
 
 
 def rollout_engine(backend: Any, model_cfg: Any, stage: Any) -> Any:
