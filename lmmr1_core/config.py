@@ -317,6 +317,7 @@ def reference_text() -> str:
     sections = [
         ("top level", RunConfig),
         ("model", ModelConfig),
+        ("model.rollout", RolloutConfig),
         ("stages.<name>", StageConfig),
         ("stages.<name>.data[]", DataSpec),
         ("stages.<name>.rewards[]", RewardSpec),

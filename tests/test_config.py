@@ -148,3 +148,23 @@ def test_env_stage_with_rewards_is_an_error(tmp_path):
     p.write_text(p.read_text().replace("init_from: a", "init_from: a\n    env: {name: sokoban}"))
     result = validate(p)
     assert result.exit_code == 2 and "stages.b.rewards: an env stage is rewarded by its env" in result.output
+
+
+def test_rollout_engine_keys(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = stage_file(tmp_path)
+    p.write_text(p.read_text().replace("path: m}", "path: m, rollout: {engine: vllm, gpu_memory_utilization: 0.3}}"))
+    ok = validate(p)
+    assert ok.exit_code == 0, ok.output
+    p.write_text(p.read_text().replace("engine: vllm", "engine: sglang"))
+    result = validate(p)
+    assert result.exit_code == 2 and "model.rollout.engine" in result.output
+    assert "  kv_cache_gb:" in CliRunner().invoke(main, ["reference"]).output
+
+
+def test_tis_on_an_env_stage_is_an_error(tmp_path):
+    p = stage_file(tmp_path)
+    p.write_text(p.read_text().replace("    rewards: [{name: math_accuracy, weight: 1.0}]\n",
+                                       "    env: {name: sokoban}\n    algorithm: {tis_cap: 2.0}\n"))  # fmt: skip
+    result = validate(p)
+    assert result.exit_code == 2 and "tis_cap" in result.output and "stages.b" in result.output
