@@ -195,4 +195,5 @@ def rollout_engine(backend: Any, model_cfg: Any, stage: Any) -> Any:
         limit = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
         max_len = min(budget + gen.max_new_tokens, limit or 1 << 30)  # vLLM refuses more than the model's positions
     options = r.model_dump(exclude={"engine", "max_model_len"})
+    options["max_images"] = max(8, stage.env.max_turns + 1) if stage.env is not None else 8  # one board a turn
     return VLLMRollout(backend, max_model_len=max_len, seed=stage.seed, **options)
