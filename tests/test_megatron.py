@@ -1,8 +1,8 @@
-"""The megatron backend on CPU (gloo): logits against HF, conversion round trip, TP/PP against TP 1,
-and the quickstart's RL loss against the hf backend.
+"""The megatron backend on CPU (gloo): logits against HF, conversion round trip, TP/PP/DP against one
+process, and the quickstart's RL loss against the hf backend.
 
-Run as a script (``torchrun tests/test_megatron.py TP PP OUT``) this file is also the worker of the
-tensor/pipeline-parallel test.
+Run as a script (``torchrun --nproc-per-node N tests/test_megatron.py TP PP OUT``, ``N / (TP x PP)``
+data-parallel replicas) this file is also the worker of the parallel test.
 """
 
 import json
@@ -61,10 +61,8 @@ def test_vl_logits_match_hf(tiny_vl):
     diff = (logits - ref)[real].abs().max().item()  # padding positions' outputs are never read
     assert diff < ABS_TOL, diff
     logp, mask, entropy = backend.logprobs(prompts, completions, with_entropy=True)
-    T = mask.shape[1]
-    ref_lp = torch.log_softmax(ref[:, -(T + 1) : -1].float(), -1)
-    targets = backend.hf._batch(prompts, completions)["input_ids"][:, -T:]
-    ref_logp = ref_lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * mask
+    with torch.no_grad():  # the hf backend's log-probs (3-D positions, image placeholders never sampled)
+        ref_logp, _, _ = backend.hf.logprobs(prompts, completions)
     assert (logp - ref_logp).abs().max().item() < ABS_TOL
     assert logp.requires_grad and entropy is not None
 
@@ -124,15 +122,26 @@ def test_round_trip_through_the_model_and_save(tiny_vl, tmp_path):
         assert torch.equal(before[key], after[key]), key
 
 
-def test_world_size_must_match_the_split(tiny_text):
+def test_world_size_must_be_a_multiple_of_the_split(tiny_text):
     from lmmr1_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="tensor_parallel x pipeline_parallel"):
         _megatron(tiny_text, tensor_parallel=2)
 
 
+def test_data_parallel_share_covers_the_batch():
+    from lmmr1_plugins.models.megatron.parallel import share
+
+    assert [list(share(3, r, 2)) for r in range(2)] == [[0, 1], [2]]
+    assert [list(share(1, r, 2)) for r in range(2)] == [[0], []]
+    for n in range(7):
+        for dp in (1, 2, 3):
+            assert [i for r in range(dp) for i in share(n, r, dp)] == list(range(n))
+
+
 def _parallel_worker(model: str, tp: int, pp: int, out: str) -> dict:
-    """log-probs, entropy, one clipped AdamW step, log-probs again, a greedy rollout and a save."""
+    """log-probs, entropy, one clipped AdamW step, log-probs again, a one-row gradient norm (with two
+    data-parallel replicas one of them has no row), a greedy rollout and a save."""
     import torch.distributed as dist
 
     backend = _megatron(model, tensor_parallel=tp, pipeline_parallel=pp)
@@ -146,10 +155,15 @@ def _parallel_worker(model: str, tp: int, pp: int, out: str) -> dict:
     optimizer.zero_grad()
     with torch.no_grad():
         after, _, _ = backend.logprobs(prompts, completions)
+    one, _, _ = backend.logprobs(prompts[:1], completions[:1])
+    (-one.sum()).backward()
+    norm_one = backend.clip_grad_norm(1e9)
+    optimizer.zero_grad()
     rollout = backend.generate(prompts, 6, greedy=True)
     main = dist.get_rank() == 0
     backend.save(Path(out) / "hf" if main else None)
-    result = {"logp": logp.detach(), "entropy": entropy, "norm": norm, "after": after, "rollout": rollout}
+    result = {"logp": logp.detach(), "entropy": entropy, "norm": norm, "after": after, "rollout": rollout,
+              "norm_one": norm_one, "optimizer": optimizer.state_dict()}  # fmt: skip
     if main:
         torch.save(result, Path(out) / "result.pt")
     return result
@@ -161,12 +175,13 @@ def tp1_result(tiny_vl, tmp_path_factory):
     return _parallel_worker(str(tiny_vl), 1, 1, str(out)), out
 
 
-@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)])
-def test_tensor_and_pipeline_parallel_match_tp1(tiny_vl, tmp_path, tp1_result, tp, pp):
+@pytest.mark.parametrize("tp,pp,dp", [(2, 1, 1), (1, 2, 1), (1, 1, 2)])
+def test_tensor_pipeline_and_data_parallel_match_tp1(tiny_vl, tmp_path, tp1_result, tp, pp, dp):
+    """dp 2 splits the 3-row batch 2 + 1 (the second replica's rows have no image)."""
     from safetensors.torch import load_file
 
     ref, ref_dir = tp1_result
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={tp * pp}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={tp * pp * dp}",
            str(Path(__file__)), str(tiny_vl), str(tp), str(pp), str(tmp_path)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -176,7 +191,13 @@ def test_tensor_and_pipeline_parallel_match_tp1(tiny_vl, tmp_path, tp1_result, t
     assert abs(got["norm"] - ref["norm"]) < ABS_TOL * ref["norm"]
     assert (got["after"] - ref["after"]).abs().max().item() < ABS_TOL  # the step changed the same weights alike
     assert (got["after"] - got["logp"]).abs().max().item() > 1e-3
+    assert abs(got["norm_one"] - ref["norm_one"]) < ABS_TOL * ref["norm_one"]
     assert got["rollout"] == ref["rollout"]
+    if dp > 1:  # one model-parallel rank: the state is the single process's, the same step
+        assert "per_rank" not in got["optimizer"]
+        ref_state, got_state = ref["optimizer"]["state"], got["optimizer"]["state"]
+        assert ref_state.keys() == got_state.keys()
+        assert max((got_state[i]["exp_avg"] - ref_state[i]["exp_avg"]).abs().max().item() for i in ref_state) < 1e-5
     saved, ref_saved = load_file(tmp_path / "hf" / "model.safetensors"), load_file(ref_dir / "hf" / "model.safetensors")
     assert saved.keys() == ref_saved.keys()
     assert max((saved[k] - ref_saved[k]).abs().max().item() for k in saved) < 1e-3
@@ -209,11 +230,15 @@ def test_quickstart_rl_loss_matches_hf(tmp_path):
     assert (mg_dir / "runs" / "quickstart" / "fre" / "final" / "model.safetensors").exists()
 
 
-def test_nproc_per_node_runs_tensor_parallel(tmp_path):
-    """``lmmr1 run --nproc-per-node 2`` with tensor_parallel 2: both stages finish, rank 0 writes once."""
+@pytest.mark.parametrize("tp", [2, 1])
+def test_nproc_per_node_runs_tensor_or_data_parallel(tmp_path, tp):
+    """``lmmr1 run --nproc-per-node 2`` with tensor_parallel 2, or 1 (two data-parallel replicas): both
+    stages finish, rank 0 writes once. The rl micro-batches hold 3 and 1 rows: with two replicas the
+    second one's share of the last is empty."""
     shutil.copytree(TESTS.parent / "stages", tmp_path / "stages")
-    sets = ["model.backend=megatron", "model.tensor_parallel=2", "stages.warmup.steps=2", "stages.fre.steps=1",
-            "stages.fre.batch_size=2", "stages.fre.algorithm.group_size=2"]  # fmt: skip
+    sets = ["model.backend=megatron", f"model.tensor_parallel={tp}", "stages.warmup.steps=2", "stages.fre.steps=1",
+            "stages.fre.batch_size=2", "stages.fre.algorithm.group_size=2",
+            "stages.fre.micro_batch_size=3"]  # fmt: skip
     cmd = [sys.executable, "-m", "lmmr1_core.cli", "run", "stages/quickstart.yaml", "--nproc-per-node", "2",
            *(a for s in sets for a in ("--set", s))]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -1,4 +1,4 @@
-"""``MegatronBackend``: the language model on megatron-core (TP/PP), everything else through ``HFBackend``.
+"""``MegatronBackend``: the language model on megatron-core (TP/PP/DP), everything else through ``HFBackend``.
 
 Who does what:
 - an ``HFBackend`` (one per rank) holds the tokenizer, the image processor, the chat template, the
@@ -11,6 +11,10 @@ Weights flow one way: after each optimizer step the HF language weights are stal
 ``generate`` or ``save`` the shards are gathered and converted into rank 0's HF model. Rank 0 alone
 generates (with the hf engine) and broadcasts the completions and its RNG state, so every rank
 trains on the same batch and draws the same random numbers afterwards. Rank 0 alone writes files.
+
+Data parallel: ``world_size / (TP x PP)`` model replicas. Every rank still runs the whole loop on the
+whole batch; ``logprobs`` computes only this replica's share of the rows and all-gathers the rest
+(detached), and ``clip_grad_norm`` sums the gradients over the replicas (see ``logprobs``).
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from lmmr1_plugins.models.hf import HFBackend, Prompt, _pick_device
+import torch.nn.functional as F
+from lmmr1_plugins.models.hf import HFBackend, Prompt, _pick_device, token_logprobs
 from lmmr1_plugins.models.megatron import pipeline
 from lmmr1_plugins.models.megatron.convert import from_megatron, hf_lm_params, to_megatron
 from lmmr1_plugins.models.megatron.model import build_gpt, lm_shape
-from lmmr1_plugins.models.megatron.parallel import init_parallel
+from lmmr1_plugins.models.megatron.parallel import init_parallel, share
 from lmmr1_plugins.models.megatron.train import MegatronAdamW, clip_grad_norm
 
 from lmmr1_core.errors import ConfigError
@@ -52,6 +57,8 @@ class MegatronBackend:
         self.tp_rank = mpu.get_tensor_model_parallel_rank()
         self.pp_rank = mpu.get_pipeline_model_parallel_rank()
         self.first, self.last = mpu.is_pipeline_first_stage(), mpu.is_pipeline_last_stage()
+        self.dp, self.dp_rank = mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank()
+        self.dp_group = mpu.get_data_parallel_group()
         self.rank = dist.get_rank()
         self.shape = lm_shape(self.hf.model.config, tensor_parallel)
         self.gpt = build_gpt(self.shape, tensor_parallel, pipeline_parallel, self.dtype, self.device)
@@ -98,21 +105,25 @@ class MegatronBackend:
                 p.copy_(shard[name])
 
     def gather_hf_state(self) -> dict[str, torch.Tensor] | None:
-        """The full HF language-model state, merged from every rank's shard: on rank 0 (None elsewhere)."""
+        """The full HF language-model state, merged from every rank's shard: on rank 0 (None elsewhere).
+
+        Collective over all ranks; only the first data-parallel replica's shards are gathered (the
+        replicas are equal), the others only join the pipeline's metadata exchange."""
         from megatron.core import parallel_state as mpu
 
         local = {k: v.detach() for k, v in self.gpt.state_dict().items() if not k.endswith("_extra_state")}
-        if self.tp > 1:
+        shards: list[dict[str, torch.Tensor]] = []  # stays empty off the first replica (its TP group included)
+        if self.dp_rank == 0 and self.tp > 1:
             group = mpu.get_tensor_model_parallel_group()
-            shards: list[dict[str, torch.Tensor]] = [{} for _ in range(self.tp)]
+            shards = [{} for _ in range(self.tp)]
             for key in sorted(local):
                 parts = [torch.empty_like(local[key]) for _ in range(self.tp)]
                 dist.all_gather(parts, local[key].contiguous(), group=group)
                 for i, part in enumerate(parts):
                     shards[i][key] = part
-        else:
+        elif self.dp_rank == 0:
             shards = [local]
-        part = from_megatron(shards, self.shape, self.pp_rank, self.pp) if self.tp_rank == 0 else {}
+        part = from_megatron(shards, self.shape, self.pp_rank, self.pp) if shards and self.tp_rank == 0 else {}
         if self.pp == 1:
             return part if self.rank == 0 else None
         # each stage's tensor-rank-0 sends its HF tensors to rank 0
@@ -204,7 +215,9 @@ class MegatronBackend:
 
     def logits(self, prompts: list[Prompt], completions: list[list[int]], keep: int,
                reference: bool = False) -> torch.Tensor | None:  # fmt: skip
-        """Logits ``[B, keep, V]`` of the last ``keep`` positions, on the last pipeline stage (None elsewhere)."""
+        """Logits ``[B, keep, V]`` of the last ``keep`` positions, on the last pipeline stage (None elsewhere).
+
+        Not split over data-parallel replicas: each computes the whole batch (``logprobs`` splits)."""
         gpt, visual = self.reference if reference else (self.gpt, self._visual())
         batch = self.hf._batch(prompts, completions)
         ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -234,22 +247,65 @@ class MegatronBackend:
         with_entropy: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs of each completion: ``(logp [B, T], mask [B, T], entropy | None)``, the same
-        (differentiable) tensor on every rank."""
+        values on every rank.
+
+        With data parallel, this replica computes only its share of the rows (``parallel.share``: a
+        contiguous chunk, possibly empty) and gets the other replicas' rows by an all-gather over the
+        data-parallel group, detached. So every rank computes the same loss from the returned tensor,
+        its backward reaches only this replica's rows, and ``clip_grad_norm`` sums the gradients over
+        the replicas: exactly the gradient of one replica that computed every row."""
         if reference and self.reference is None:
             raise RuntimeError("no reference model: call make_reference() first")
+        T = max(len(c) for c in completions)
+        mask = torch.tensor([[1.0] * len(c) + [0.0] * (T - len(c)) for c in completions], device=self.device)
+        if self.dp == 1:
+            logp, entropy = self._replica_logprobs(prompts, completions, temperature, reference, with_entropy)
+            return logp, mask, entropy
+        rows = share(len(completions), self.dp_rank, self.dp)
+        own = None
+        if rows:
+            logp, entropy = self._replica_logprobs([prompts[i] for i in rows], [completions[i] for i in rows],
+                                                   temperature, reference, with_entropy)  # fmt: skip
+            own = [F.pad(t, (0, T - t.shape[1])) for t in (logp, entropy) if t is not None]
+        full = self._gather_rows(own, len(completions), T, 2 if with_entropy else 1)
+        logp, entropy = full[0], (full[1].detach() if with_entropy else None)
+        if not rows and torch.is_grad_enabled() and not reference:  # what loss.backward() needs a graph for
+            logp = logp + self._anchor.sum()
+        return logp, mask, entropy
+
+    def _gather_rows(self, own: list[torch.Tensor] | None, B: int, T: int, k: int) -> list[torch.Tensor]:
+        """``k`` float ``[B, T]`` tensors from each replica's rows (``own``: this replica's ``k`` tensors, None
+        for no rows), by one all-gather over the data-parallel group; this replica's rows keep their graph."""
+        n = len(share(B, 0, self.dp))  # the largest share: every replica sends that many rows
+        buf = torch.zeros(k, n, T, dtype=torch.float32, device=self.device)
+        if own is not None:
+            buf[:, : own[0].shape[0]] = torch.stack([t.detach().float() for t in own])
+        parts = [torch.empty_like(buf) for _ in range(self.dp)]
+        dist.all_gather(parts, buf, group=self.dp_group)
+        out = []
+        for i in range(k):
+            rows = [parts[r][i, : len(share(B, r, self.dp))] for r in range(self.dp)]
+            if own is not None:
+                rows[self.dp_rank] = own[i]
+            out.append(torch.cat(rows))
+        return out
+
+    def _replica_logprobs(self, prompts: list[Prompt], completions: list[list[int]], temperature: float,
+                          reference: bool, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """``(logp, entropy | None)`` ``[b, t]`` of these rows through this replica's TP/PP ranks, the same
+        (differentiable) tensor on each of them."""
         T = max(len(c) for c in completions)
         B = len(completions)
         mask = torch.tensor([[1.0] * len(c) + [0.0] * (T - len(c)) for c in completions], device=self.device)
         logits = self.logits(prompts, completions, T + 1, reference)
         entropy = None
         if self.last:
-            logits = logits[:, :-1].float() / temperature
             targets = torch.tensor([c + [0] * (T - len(c)) for c in completions], device=self.device)
-            logz = torch.logsumexp(logits, dim=-1)
-            logp = (logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz) * mask
-            if with_entropy:
-                with torch.no_grad():
-                    entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+            # the hf backend's scoring: tempered, image placeholders outside the distribution
+            logp, entropy = token_logprobs(logits[:, :-1], targets, temperature, self.hf.suppress, with_entropy)
+            logp = logp * mask
+            if entropy is not None:  # zero at padding, like logp: the same values however the batch is split
+                entropy = entropy * mask
             if self.pp > 1:
                 pipeline.broadcast_from_last(logp.detach().clone())
         else:
@@ -258,7 +314,7 @@ class MegatronBackend:
         if self.pp > 1 and with_entropy:
             entropy = entropy if entropy is not None else torch.empty(B, T, device=self.device)
             pipeline.broadcast_from_last(entropy)
-        return logp, mask, entropy
+        return logp, entropy
 
     # -- training --------------------------------------------------------------------------------
 

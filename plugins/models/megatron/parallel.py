@@ -1,4 +1,4 @@
-"""Process groups: torch.distributed (under ``torchrun`` or a one-process group) and megatron's TP/PP grid.
+"""Process groups: torch.distributed (under ``torchrun`` or a one-process group) and megatron's TP/PP/DP grid.
 
 On CPU the backend is gloo; on GPU nccl. megatron-core asks ``torch.cuda.current_device()`` for the
 device of a few buffers (rotary frequencies, the tensor-parallel logit gather, in forward and in
@@ -17,11 +17,8 @@ from lmmr1_core.errors import ConfigError
 
 
 def init_parallel(tensor_parallel: int, pipeline_parallel: int, device: torch.device) -> None:
-    """Start torch.distributed if needed and set megatron's model-parallel groups to ``TP x PP``.
-
-    Every rank of a data-parallel replica runs the same data, so the world must be exactly one
-    replica: ``world_size == tensor_parallel * pipeline_parallel``.
-    """
+    """Start torch.distributed if needed and set megatron's groups: ``TP x PP`` ranks per model replica,
+    ``world_size / (TP x PP)`` replicas (data parallel), which the world size must be a multiple of."""
     from megatron.core import parallel_state as mpu
 
     if not dist.is_initialized():
@@ -33,12 +30,13 @@ def init_parallel(tensor_parallel: int, pipeline_parallel: int, device: torch.de
         else:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     world = dist.get_world_size()
-    if world != tensor_parallel * pipeline_parallel:
+    split = tensor_parallel * pipeline_parallel
+    if world % split:
         raise ConfigError(
             f"model: {world} processes but tensor_parallel x pipeline_parallel = "
-            f"{tensor_parallel} x {pipeline_parallel}; the megatron backend runs one model replica "
-            f"(data parallel is not supported yet): start {tensor_parallel * pipeline_parallel} processes "
-            f"(`lmmr1 run FILE --nproc-per-node {tensor_parallel * pipeline_parallel}`)"
+            f"{tensor_parallel} x {pipeline_parallel} = {split} does not divide them; the megatron backend runs "
+            f"world_size / {split} data-parallel model replicas: start a multiple of {split} processes "
+            f"(`lmmr1 run FILE --nproc-per-node {split}`, or {2 * split} for two replicas)"
         )
     if mpu.model_parallel_is_initialized():
         if (
@@ -60,3 +58,11 @@ def cpu_as_current_device() -> None:
     """On a CPU-only run, ``torch.cuda.current_device()`` (which would raise) names the CPU."""
     if not torch.cuda.is_available():
         torch.cuda.current_device = lambda: "cpu"
+
+
+def share(n: int, dp_rank: int, dp_size: int) -> range:
+    """The rows of an ``n``-row batch that data-parallel rank ``dp_rank`` computes: a contiguous chunk,
+    the first ``n % dp_size`` ranks one row more (a rank gets none when ``n < dp_size``)."""
+    base, extra = divmod(n, dp_size)
+    start = dp_rank * base + min(dp_rank, extra)
+    return range(start, start + base + (dp_rank < extra))

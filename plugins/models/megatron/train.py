@@ -1,15 +1,19 @@
-"""Optimizer and gradient clipping for a model split over tensor/pipeline ranks.
+"""Optimizer and gradient clipping for a model split over tensor/pipeline ranks, in data-parallel replicas.
 
-The run has one model replica (no data parallel), so there is nothing for a distributed (ZeRO-1)
-optimizer to shard across: each rank's AdamW already holds only its own shard's state. What does
-need care is everything that is global over the split:
+Each rank's AdamW holds only its own shard's state (no distributed/ZeRO optimizer: the data-parallel
+replicas each hold the full state of their shard). What needs care is everything that is global:
 
+- data parallel: each replica's backward covered only its share of the batch's rows, so the
+  gradients are summed over the data-parallel group (``sum_over_replicas``) first; the replicas
+  then hold the same gradients and take the same steps;
 - the gradient norm: a tensor-parallel shard counts on every rank, a replicated parameter (norms,
-  the vision tower) once; the sum of squares is all-reduced over all ranks;
+  the vision tower) once; the sum of squares is all-reduced over one replica's ranks (the
+  model-parallel group);
 - tied embeddings with pipeline stages: the first stage's embedding and the last stage's output
   layer are one weight, so their gradients are summed (megatron's "embedding group") before the
   step keeps the two copies equal;
-- the optimizer state of a checkpoint: one per rank, gathered on save and picked apart on resume.
+- the optimizer state of a checkpoint: one per model-parallel rank (the first replica's), gathered
+  on save and picked apart on resume, so a run may resume with another number of replicas.
 """
 
 from __future__ import annotations
@@ -23,29 +27,49 @@ from lmmr1_core.errors import ConfigError
 
 
 class MegatronAdamW(torch.optim.AdamW):
-    """AdamW over one rank's parameters whose ``state_dict`` holds every rank's state.
+    """AdamW over one rank's parameters whose ``state_dict`` holds every model-parallel rank's state.
 
-    ``state_dict`` is collective: every rank must call it (the trainer does, then rank 0 writes it).
+    ``state_dict`` is collective when the model is split: every rank must call it (the trainer does,
+    then rank 0 writes it). It holds the first data-parallel replica's states, indexed by
+    ``pp_rank * tp + tp_rank`` (the global rank when there is one replica); the replicas are equal.
     """
 
     def state_dict(self):
         own = super().state_dict()
-        if not dist.is_initialized() or dist.get_world_size() == 1:
+        size, index = _model_parallel()
+        if size == 1:  # one rank per replica: this rank's state is every replica's
             return own
-        own = _to_cpu(own)
-        states: list = [None] * dist.get_world_size()
-        dist.all_gather_object(states, own)
+        from megatron.core import parallel_state as mpu
+
+        mine = (index, _to_cpu(own)) if mpu.get_data_parallel_rank() == 0 else None
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, mine)
+        states: list = [None] * size
+        for item in gathered:
+            if item is not None:
+                states[item[0]] = item[1]
         return {"per_rank": states}
 
     def load_state_dict(self, state_dict) -> None:
         if "per_rank" in state_dict:
             states = state_dict["per_rank"]
-            world = dist.get_world_size() if dist.is_initialized() else 1
-            if len(states) != world:
-                raise ConfigError(f"resume: the checkpoint's optimizer state is from {len(states)} processes, "
-                                  f"this run has {world}; use the same tensor/pipeline parallel sizes")  # fmt: skip
-            state_dict = states[dist.get_rank() if dist.is_initialized() else 0]
+            size, index = _model_parallel()
+            if len(states) != size:
+                raise ConfigError(f"resume: the checkpoint's optimizer state is from {len(states)} model-parallel "
+                                  f"ranks, this run has {size}; use the same tensor/pipeline parallel sizes "
+                                  "(the number of data-parallel replicas may differ)")  # fmt: skip
+            state_dict = states[index]
         super().load_state_dict(state_dict)
+
+
+def _model_parallel() -> tuple[int, int]:
+    """(ranks per model replica, this rank's index ``pp_rank * tp + tp_rank`` among them)."""
+    if not dist.is_initialized():
+        return 1, 0
+    from megatron.core import parallel_state as mpu
+
+    tp, pp = mpu.get_tensor_model_parallel_world_size(), mpu.get_pipeline_model_parallel_world_size()
+    return tp * pp, mpu.get_pipeline_model_parallel_rank() * tp + mpu.get_tensor_model_parallel_rank()
 
 
 def _to_cpu(obj):
@@ -63,10 +87,54 @@ def tied_across_stages(gpt) -> bool:
     return getattr(gpt, "tied_across_stages", False)
 
 
-def clip_grad_norm(gpt: torch.nn.Module, visual: torch.nn.Module | None, max_norm: float) -> float:
-    """Finish the gradients (tied-embedding sum), then clip them all by their global L2 norm; returns the norm."""
+_BUCKET = 1 << 25  # elements per all-reduce of the data-parallel gradient sum
+
+
+def sum_over_replicas(params: list[torch.Tensor]) -> None:
+    """Sum the gradients of ``params`` over the data-parallel group (in place).
+
+    A parameter without a gradient on any replica keeps none (AdamW then skips it, as one replica
+    would, e.g. the vision tower on a text-only batch); one with a gradient somewhere gets the sum
+    everywhere (a replica whose rows did not reach it contributes zeros).
+    """
     from megatron.core import parallel_state as mpu
 
+    if not dist.is_initialized() or mpu.get_data_parallel_world_size() == 1 or not params:
+        return
+    group = mpu.get_data_parallel_group()
+    has = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
+    dist.all_reduce(has, group=group)
+    live = [p for p, h in zip(params, has.tolist()) if h > 0]
+    for p in live:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for p in live:
+        by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():  # flattened into buckets: a few large collectives, not one per tensor
+        start = 0
+        while start < len(grads):
+            end, size = start, 0
+            while end < len(grads) and (end == start or size + grads[end].numel() <= _BUCKET):
+                size += grads[end].numel()
+                end += 1
+            flat = torch.cat([g.reshape(-1) for g in grads[start:end]])
+            dist.all_reduce(flat, group=group)
+            offset = 0
+            for g in grads[start:end]:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+            start = end
+
+
+def clip_grad_norm(gpt: torch.nn.Module, visual: torch.nn.Module | None, max_norm: float) -> float:
+    """Finish the gradients (data-parallel sum, tied-embedding sum), then clip them all by their global L2
+    norm; returns the norm. The loops call it after the last backward of every step, before the step."""
+    from megatron.core import parallel_state as mpu
+
+    trained = [p for p in gpt.parameters() if p.requires_grad]
+    trained += [p for p in (visual.parameters() if visual is not None else []) if p.requires_grad]
+    sum_over_replicas(trained)
     tp_rank = mpu.get_tensor_model_parallel_rank()
     skip = set()
     if tied_across_stages(gpt):
@@ -90,7 +158,7 @@ def clip_grad_norm(gpt: torch.nn.Module, visual: torch.nn.Module | None, max_nor
         if id(p) in sharded or tp_rank == 0:
             sq += p.grad.detach().float().pow(2).sum()
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(sq)
+        dist.all_reduce(sq, group=mpu.get_model_parallel_group())  # one replica's ranks
     norm = float(sq.sqrt())
     coef = max_norm / (norm + 1e-6)
     if coef < 1 and math.isfinite(norm):
