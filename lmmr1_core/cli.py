@@ -134,8 +134,7 @@ def tiny_model(directory: str, kind: str, hidden: int, layers: int, seed: int) -
 
 def _data_spec(text: str) -> dict[str, Any]:
     """``path.jsonl`` (loader from the suffix) or ``NAME:key=value,key=value``."""
-    import yaml
-
+    from lmmr1_core.config import load_yaml
     from lmmr1_core.errors import ConfigError
 
     suffixes = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet"}
@@ -148,7 +147,7 @@ def _data_spec(text: str) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--data {text!r}: expected NAME:key=value,... or a .jsonl/.json/.parquet path")
         key, value = item.split("=", 1)
-        spec[key] = yaml.safe_load(value)
+        spec[key] = load_yaml(value)
     return spec
 
 

@@ -6,6 +6,7 @@ the stage-file reference. Unknown keys are errors.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +14,23 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmmr1_core.errors import ConfigError
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; a stage file means the number."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.[\d_]*)?[eE][-+]?\d+$|" r"^[-+]?(?:\d[\d_]*)?\.[\d_]+(?:[eE][-+]?\d+)?$|"
+               r"^[-+]?\d[\d_]*\.(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML the way stage files and ``--set`` values are read."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
 
 
 class _Strict(BaseModel):
@@ -225,7 +243,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError(f"--set {text!r}: empty key")
-    return parts, yaml.safe_load(value) if value.strip() else ""
+    return parts, load_yaml(value) if value.strip() else ""
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -268,7 +286,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     path = str(path)
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = load_yaml(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such stage file") from None
     except yaml.YAMLError as exc:

@@ -145,6 +145,8 @@ def save_checkpoint(ctx: StageContext, step: int, optimizer, scheduler, position
     if not main_process():  # torchrun: gathering sharded weights and optimizer state is collective
         ctx.backend.save(None)
         optimizer.state_dict()
+        if getattr(ctx.backend, "critic", None) is not None:
+            ctx.backend.critic_state()
         return
     with atomic_dir(final) as tmp:
         ctx.backend.save(tmp)

@@ -135,6 +135,9 @@ def test_overrides_set_nested_keys_with_yaml_types(tmp_path):
     assert cfg.stages["b"].data[0].loader_config() == {"n": 3}
     with pytest.raises(ConfigError, match="'5' is not an index of a 1-item list"):
         load_config(stage_file(tmp_path), ["stages.b.data.5.n=3"])
+    # YAML 1.1 reads 1e-3 as a string; stage files and --set mean the number, also in plugin-specific keys
+    cfg = load_config(stage_file(tmp_path, extra="    optim: {lr: 2e-4}\n"), ["stages.b.algorithm.critic_lr=1e-3"])
+    assert cfg.stages["b"].optim.lr == 2e-4 and cfg.stages["b"].algorithm.algorithm_config() == {"critic_lr": 1e-3}
 
 
 def test_reference_lists_every_stage_key():

@@ -1,5 +1,5 @@
 """The megatron backend on CPU (gloo): logits against HF, conversion round trip, TP/PP/DP against one
-process, and the quickstart's RL loss against the hf backend.
+process, the quickstart's RL loss against the hf backend, and the PPO critic.
 
 Run as a script (``torchrun --nproc-per-node N tests/test_megatron.py TP PP OUT``, ``N / (TP x PP)``
 data-parallel replicas) this file is also the worker of the parallel test.
@@ -78,6 +78,42 @@ def test_text_logprobs_match_hf_backend(tiny_text):
     assert ((entropy - ref_entropy) * mask).abs().max().item() < ABS_TOL  # padding rows are never read
 
 
+def test_critic_values_match_hf_backend(tiny_vl):
+    """The critic (images through its own copy of the vision tower) against the hf backend's: values and
+    gradient norms over two clipped steps (values are zero before the first: the head starts at zero),
+    and a critic_state round trip."""
+    import copy
+
+    from lmmr1_core.errors import ConfigError
+
+    backend = _megatron(tiny_vl)
+    prompts, completions = _vl_batch(backend)
+    backend.make_critic(1e-2)
+    backend.hf.make_critic(1e-2)
+    target = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.0, 0.0], [2.0, 2.0, 2.0, 0.0]])
+    for _ in range(2):
+        v, ref = backend.values(prompts, completions), backend.hf.values(prompts, completions)
+        assert (v - ref).abs().max().item() < ABS_TOL
+        norms = []
+        for b, values in ((backend, v), (backend.hf, ref)):
+            ((values - target) ** 2).sum().backward()
+            norms.append(b.critic_step(0.5))
+        assert abs(norms[0] - norms[1]) < ABS_TOL * norms[1]
+    with torch.no_grad():
+        v, ref = backend.values(prompts, completions), backend.hf.values(prompts, completions)
+    assert v.abs().max().item() > 0.1 and (v - ref).abs().max().item() < ABS_TOL
+    state = copy.deepcopy(backend.critic_state())  # live tensors: a checkpoint holds a copy
+    with torch.no_grad():
+        backend.value_head.weight.zero_()
+        backend.critic.decoder.final_layernorm.weight.mul_(2)
+    backend.load_critic_state(state)
+    with torch.no_grad():
+        assert torch.equal(backend.values(prompts, completions), v)
+    backend.pp = 2  # what make_critic checks: pipeline-parallel critics are not supported
+    with pytest.raises(ConfigError, match="pipeline_parallel"):
+        backend.make_critic(1e-2)
+
+
 def _untied(hf: dict, shape):
     from dataclasses import replace
 
@@ -139,6 +175,19 @@ def test_data_parallel_share_covers_the_batch():
             assert [i for r in range(dp) for i in share(n, r, dp)] == list(range(n))
 
 
+def _critic_step(backend, prompts, completions) -> dict:
+    """A critic (from the current policy), one clipped step towards fixed targets, its values after."""
+    backend.make_critic(1e-2)
+    v = backend.values(prompts, completions)
+    target = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.0, 0.0], [2.0, 2.0, 2.0, 0.0]])
+    ((v - target) ** 2).sum().backward()
+    norm = backend.critic_step(0.5)
+    with torch.no_grad():
+        after = backend.values(prompts, completions)
+    state = backend.critic_state()  # collective
+    return {"before": v.detach(), "norm": norm, "after": after, "model": state["model"]}
+
+
 def _parallel_worker(model: str, tp: int, pp: int, out: str) -> dict:
     """log-probs, entropy, one clipped AdamW step, log-probs again, a one-row gradient norm (with two
     data-parallel replicas one of them has no row), a greedy rollout and a save."""
@@ -159,11 +208,12 @@ def _parallel_worker(model: str, tp: int, pp: int, out: str) -> dict:
     (-one.sum()).backward()
     norm_one = backend.clip_grad_norm(1e9)
     optimizer.zero_grad()
+    critic = _critic_step(backend, prompts, completions) if pp == 1 else None
     rollout = backend.generate(prompts, 6, greedy=True)
     main = dist.get_rank() == 0
     backend.save(Path(out) / "hf" if main else None)
     result = {"logp": logp.detach(), "entropy": entropy, "norm": norm, "after": after, "rollout": rollout,
-              "norm_one": norm_one, "optimizer": optimizer.state_dict()}  # fmt: skip
+              "norm_one": norm_one, "optimizer": optimizer.state_dict(), "critic": critic}  # fmt: skip
     if main:
         torch.save(result, Path(out) / "result.pt")
     return result
@@ -198,6 +248,13 @@ def test_tensor_pipeline_and_data_parallel_match_tp1(tiny_vl, tmp_path, tp1_resu
         ref_state, got_state = ref["optimizer"]["state"], got["optimizer"]["state"]
         assert ref_state.keys() == got_state.keys()
         assert max((got_state[i]["exp_avg"] - ref_state[i]["exp_avg"]).abs().max().item() for i in ref_state) < 1e-5
+    if pp == 1:  # the critic: tensor-split, or its rows split over the replicas
+        crit, ref_crit = got["critic"], ref["critic"]
+        assert abs(crit["norm"] - ref_crit["norm"]) < ABS_TOL * ref_crit["norm"]
+        assert (crit["after"] - ref_crit["after"]).abs().max().item() < ABS_TOL
+        assert ref_crit["after"].abs().max().item() > 0.1
+        assert crit["model"].keys() == ref_crit["model"].keys()
+        assert max((crit["model"][k] - ref_crit["model"][k]).abs().max().item() for k in crit["model"]) < 1e-3
     saved, ref_saved = load_file(tmp_path / "hf" / "model.safetensors"), load_file(ref_dir / "hf" / "model.safetensors")
     assert saved.keys() == ref_saved.keys()
     assert max((saved[k] - ref_saved[k]).abs().max().item() for k in saved) < 1e-3
@@ -209,7 +266,7 @@ def _metrics(path: Path) -> list[dict]:
 
 def test_quickstart_rl_loss_matches_hf(tmp_path):
     """Two rl steps of the quickstart per backend, from the same warm-up weights (the hf run's warm-up
-    stage is copied into the megatron run, which skips it as finished)."""
+    stage is copied into the megatron run, which skips it as finished); then the same with ppo."""
     sets = ["stages.fre.steps=2", "stages.fre.batch_size=4", "stages.fre.micro_batch_size=16"]
     hf = run_stage_file(tmp_path / "hf", "quickstart.yaml", sets)
     assert hf.returncode == 0, hf.stderr[-3000:]
@@ -228,6 +285,25 @@ def test_quickstart_rl_loss_matches_hf(tmp_path):
     assert abs(got[0]["loss"] - ref[0]["loss"]) < 1e-5
     assert abs(got[0]["grad_norm"] - ref[0]["grad_norm"]) < 1e-4 * ref[0]["grad_norm"]
     assert (mg_dir / "runs" / "quickstart" / "fre" / "final" / "model.safetensors").exists()
+
+    # ppo from the same warm-up weights: the critic's value loss too (step 2's values are non-zero)
+    ppo = [*sets, "stages.fre.algorithm.name=ppo", "stages.fre.algorithm.critic_lr=1.0e-3"]
+    runs = {}
+    for name, extra in (("hf-ppo", []), ("mg-ppo", ["model.backend=megatron"])):
+        (tmp_path / name / "runs" / "quickstart").mkdir(parents=True)
+        for part in ("quickstart/warmup", "tiny-text-model"):
+            shutil.copytree(tmp_path / "hf" / "runs" / part, tmp_path / name / "runs" / part)
+        proc = run_stage_file(tmp_path / name, "quickstart.yaml", [*ppo, *extra])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = _metrics(tmp_path / name / "runs" / "quickstart" / "fre" / "metrics.jsonl")
+    ref, got = runs["hf-ppo"], runs["mg-ppo"]
+    assert [m["step"] for m in got] == [1, 2]
+    assert ref[1]["value_loss"] != ref[0]["value_loss"]  # the critic stepped
+    for r, g in zip(ref, got):
+        assert g["reward/mean"] == r["reward/mean"]
+        assert abs(g["loss"] - r["loss"]) < 1e-5
+        assert abs(g["value_loss"] - r["value_loss"]) < 1e-5
+        assert abs(g["grad_norm"] - r["grad_norm"]) < 1e-4 * r["grad_norm"]  # advantages from the values
 
 
 @pytest.mark.parametrize("tp", [2, 1])

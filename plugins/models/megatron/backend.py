@@ -67,6 +67,7 @@ class MegatronBackend:
             p.requires_grad_(False)
         self.model = self.gpt
         self.reference: tuple[torch.nn.Module, torch.nn.Module | None] | None = None
+        self.critic: torch.nn.Module | None = None  # ppo's value model (make_critic): a GPTModel
         self._anchor = torch.zeros(0, device=self.device, requires_grad=True)  # see pipeline.RecvForward
         self._hf_stale = False
 
@@ -104,14 +105,16 @@ class MegatronBackend:
             for name, p in gpt.named_parameters():
                 p.copy_(shard[name])
 
-    def gather_hf_state(self) -> dict[str, torch.Tensor] | None:
-        """The full HF language-model state, merged from every rank's shard: on rank 0 (None elsewhere).
+    def gather_hf_state(self, gpt: torch.nn.Module | None = None) -> dict[str, torch.Tensor] | None:
+        """The full HF language-model state of ``gpt`` (the policy by default), merged from every rank's
+        shard: on rank 0 (None elsewhere).
 
         Collective over all ranks; only the first data-parallel replica's shards are gathered (the
         replicas are equal), the others only join the pipeline's metadata exchange."""
         from megatron.core import parallel_state as mpu
 
-        local = {k: v.detach() for k, v in self.gpt.state_dict().items() if not k.endswith("_extra_state")}
+        gpt = self.gpt if gpt is None else gpt
+        local = {k: v.detach() for k, v in gpt.state_dict().items() if not k.endswith("_extra_state")}
         shards: list[dict[str, torch.Tensor]] = []  # stays empty off the first replica (its TP group included)
         if self.dp_rank == 0 and self.tp > 1:
             group = mpu.get_tensor_model_parallel_group()
@@ -362,9 +365,86 @@ class MegatronBackend:
     def clip_grad_norm(self, max_norm: float) -> float:
         return clip_grad_norm(self.gpt, self._visual() if self.first else None, max_norm)
 
+    # -- critic (ppo) ----------------------------------------------------------------------------
+
     def make_critic(self, lr: float) -> None:
-        raise ConfigError("algorithm ppo: the megatron backend has no critic yet; use model.backend: hf, or a "
-                          "critic-free algorithm (grpo, dr_grpo, dapo, rloo, reinforce_pp, gspo)")  # fmt: skip
+        """A value model, as the hf backend's: a copy of the policy (its megatron shards and a copy of its
+        vision tower, all trained) plus a zero-initialised fp32 linear value head over the final hidden
+        state, replicated on every rank. Pipeline parallel 1 only."""
+        import copy
+
+        if self.pp > 1:
+            raise ConfigError("algorithm ppo: the megatron backend's critic needs model.pipeline_parallel: 1 "
+                              f"(got {self.pp}); tensor and data parallel work")  # fmt: skip
+        self.critic = build_gpt(self.shape, self.tp, self.pp, self.dtype, self.device)
+        self.critic.load_state_dict(self.gpt.state_dict())
+        self.critic.train().requires_grad_(True)
+        visual = self._visual()
+        self.critic_visual = copy.deepcopy(visual).train().requires_grad_(True) if visual is not None else None
+        self.value_head = torch.nn.Linear(self.shape.hidden, 1, device=self.device, dtype=torch.float32)
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+        params = [*self.critic.parameters(), *self._critic_extra().parameters()]
+        self.critic_optimizer = MegatronAdamW(params, lr=lr)
+
+    def _critic_extra(self) -> torch.nn.Module:
+        """The critic's replicated (not tensor-split) parts: its vision tower and the value head."""
+        return torch.nn.ModuleList([m for m in (self.critic_visual, self.value_head) if m is not None])
+
+    def values(self, prompts: list[Prompt], completions: list[list[int]]) -> torch.Tensor:
+        """``V(s_t)`` for each completion token: the value head over the critic's final (normed) hidden
+        state before the token, ``[B, T]``, the same on every rank; split over data-parallel replicas
+        and gathered like ``logprobs`` (the critic's gradients are summed over them in ``critic_step``)."""
+        if self.critic is None:
+            raise RuntimeError("no critic: call make_critic() first")
+        T = max(len(c) for c in completions)
+        if self.dp == 1:
+            return self._replica_values(prompts, completions)
+        rows = share(len(completions), self.dp_rank, self.dp)
+        own = None
+        if rows:
+            v = self._replica_values([prompts[i] for i in rows], [completions[i] for i in rows])
+            own = [F.pad(v, (0, T - v.shape[1]))]
+        (v,) = self._gather_rows(own, len(completions), T, 1)
+        if not rows and torch.is_grad_enabled():  # the value loss's backward needs a graph
+            v = v + self._anchor.sum()
+        return v
+
+    def _replica_values(self, prompts: list[Prompt], completions: list[list[int]]) -> torch.Tensor:
+        gpt = self.critic
+        T = max(len(c) for c in completions)
+        batch = self.hf._batch(prompts, completions)
+        mask = batch["attention_mask"]
+        rotary = gpt.rotary_pos_emb(self.positions(batch), gpt.mrope_section)
+        pad = ~mask.bool()[:, None, None, :]
+        hidden = self._decoder_input(gpt, self.critic_visual, batch)
+        out = gpt.decoder(hidden_states=hidden, attention_mask=pad, rotary_pos_emb=rotary)  # [S, B, H], normed
+        hidden = out[-(T + 1) : -1].transpose(0, 1).float()  # full size on every tensor rank
+        return self.value_head(hidden).squeeze(-1) * mask[:, -T:].float()
+
+    def critic_step(self, max_norm: float) -> float:
+        """Sum the critic's gradients over the data-parallel replicas, clip by their global norm, step."""
+        norm = clip_grad_norm(self.critic, self._critic_extra(), max_norm)
+        self.critic_optimizer.step()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def critic_state(self) -> dict[str, Any]:
+        """Collective (every rank calls it, as ``optimizer.state_dict``): the critic's language weights
+        under HF names (full, on rank 0), its vision tower, value head and optimizer state."""
+        return {
+            "model": self.gather_hf_state(self.critic),
+            "visual": self.critic_visual.state_dict() if self.critic_visual is not None else None,
+            "head": self.value_head.state_dict(),
+            "optimizer": self.critic_optimizer.state_dict(),
+        }
+
+    def load_critic_state(self, state: dict[str, Any]) -> None:
+        self.load_hf_weights(self.critic, state["model"])
+        if self.critic_visual is not None:
+            self.critic_visual.load_state_dict(state["visual"])
+        self.value_head.load_state_dict(state["head"])
+        self.critic_optimizer.load_state_dict(state["optimizer"])
 
     # -- saving ----------------------------------------------------------------------------------
 
