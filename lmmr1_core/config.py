@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lmmr1_core.errors import ConfigError
 
@@ -129,7 +129,7 @@ class AlgorithmConfig(BaseModel):
         None,
         gt=0,
         description="truncated importance sampling: weight each token's loss by min(p_trainer / p_rollout, cap) "
-        "to correct the rollout engine's log-prob mismatch (single-turn stages)",
+        "to correct the rollout engine's log-prob mismatch (env stages: on the model's own tokens)",
     )
 
     def algorithm_config(self) -> dict[str, Any]:
@@ -213,12 +213,6 @@ class StageConfig(_Strict):
         "<answer>{answer}</answer>",
         description="sft target text; `{answer}` and any sample column can be used",
     )
-
-    @model_validator(mode="after")
-    def _tis_needs_single_turn(self) -> StageConfig:
-        if self.env is not None and self.algorithm.tis_cap is not None:
-            raise ValueError("algorithm.tis_cap: truncated importance sampling is for single-turn stages, not `env`")
-        return self
 
 
 class RunConfig(_Strict):

@@ -49,6 +49,8 @@ class Episode:
     success: bool = False
     units: list[tuple[Any, list[int]]] = field(default_factory=list)  # keep_images: (turn prompt, response)
     images: list[Any] = field(default_factory=list)  # the decoded images, for engines with their own processor
+    rollout_logp: list[float] = field(default_factory=list)  # the engine's log-prob per completion token (env: 0)
+    unit_logps: list[list[float]] = field(default_factory=list)  # keep_images: the same, per turn
 
     def _with_images(self, input_ids: list[int]):
         pix = torch.cat(self.pixel_values) if self.pixel_values else None
@@ -92,8 +94,13 @@ def last_images_view(messages: list[dict[str, Any]], keep: int) -> tuple[list[di
     return view, images
 
 
-def run_episodes(ctx: StageContext, samples: list[Sample], greedy: bool = False) -> list[Episode]:
-    """Play one episode per sample (its ``env_seed``), all episodes' turns generated as one batch."""
+def run_episodes(
+    ctx: StageContext, samples: list[Sample], greedy: bool = False, with_logprobs: bool = False
+) -> list[Episode]:
+    """Play one episode per sample (its ``env_seed``), all episodes' turns generated as one batch.
+
+    ``with_logprobs``: keep the rollout engine's log-prob of every sampled token (``Episode.rollout_logp``).
+    """
     cfg, backend, spec = ctx.config, ctx.backend, ctx.config.env
     gen = cfg.generation
     eos = backend.tokenizer.eos_token_id
@@ -121,20 +128,26 @@ def run_episodes(ctx: StageContext, samples: list[Sample], greedy: bool = False)
                     continue
                 contexts.append(prompt)
         outs: list[list[int]] = []
+        logps: list[list[float]] = []
         chunk = cfg.micro_batch_size * 4
         for i in range(0, len(active), chunk):
-            outs += backend.generate(contexts[i : i + chunk], gen.max_new_tokens, gen.temperature, gen.top_p,
-                                     greedy=greedy)  # fmt: skip
-        for ep, ids, context in zip(active, outs, contexts):
+            out = backend.generate(contexts[i : i + chunk], gen.max_new_tokens, gen.temperature, gen.top_p,
+                                   greedy=greedy, **({"return_logprobs": True} if with_logprobs else {}))  # fmt: skip
+            outs += out[0] if with_logprobs else out
+            logps += out[1] if with_logprobs else [[0.0] * len(c) for c in out]
+        for ep, ids, lp, context in zip(active, outs, logps, contexts):
             text = backend.decode(ids)
             if spec.keep_images is not None:
                 ep.units.append((context, ids))
+                ep.unit_logps.append(list(lp))
             ep.completion += ids
             ep.loss_mask += [1.0] * len(ids)
+            ep.rollout_logp += list(lp)
             ep.turn_ends.append(len(ep.completion) - 1)
             if not ids or ids[-1] not in backend.eos_ids:  # cut off: close the turn (not trained on)
                 ep.completion.append(eos)
                 ep.loss_mask.append(0.0)
+                ep.rollout_logp.append(0.0)
             obs, reward, done, info = ep.env.step(text)
             ep.responses.append(text)
             ep.turn_rewards.append(float(reward))
@@ -154,6 +167,7 @@ def run_episodes(ctx: StageContext, samples: list[Sample], greedy: bool = False)
             ep.messages += new
             ep.completion += seg.input_ids
             ep.loss_mask += [0.0] * len(seg.input_ids)
+            ep.rollout_logp += [0.0] * len(seg.input_ids)
             ep._add_images(seg)
     return episodes
 

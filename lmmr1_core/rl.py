@@ -137,7 +137,8 @@ def collect_episode_rollout(ctx: StageContext, order: DataOrder, position: int):
     cfg, G = ctx.config, ctx.config.algorithm.group_size
     seeds = [ctx.samples[order.index(position + i)] for i in range(cfg.batch_size)]
     samples = [s for s in seeds for _ in range(G)]
-    episodes = run_episodes(ctx, samples)
+    want_logp = wants_rollout_logprobs(ctx)
+    episodes = run_episodes(ctx, samples, with_logprobs=want_logp)
     per_reward = {
         "env/return": [sum(e.turn_rewards) for e in episodes],
         "env/success": [float(e.success) for e in episodes],
@@ -159,6 +160,7 @@ def collect_episode_rollout(ctx: StageContext, order: DataOrder, position: int):
             episodes=episodes,
             unit_episode=unit_episode,
             episode_rewards=episode_rewards,
+            rollout_logp=_pad_rows([episodes[i].unit_logps[k] for i, k, _, _ in units]) if want_logp else None,
         ), position + len(seeds)
     T = max(len(e.completion) for e in episodes)
     return Rollout(
@@ -173,6 +175,7 @@ def collect_episode_rollout(ctx: StageContext, order: DataOrder, position: int):
         loss_mask=torch.tensor([e.loss_mask + [0.0] * (T - len(e.loss_mask)) for e in episodes]),
         dense_rewards=dense_rewards(episodes, T) if cfg.env.reward == "per_turn" else None,
         episodes=episodes,
+        rollout_logp=_pad_rows([e.rollout_logp for e in episodes]) if want_logp else None,
     ), position + len(seeds)
 
 

@@ -164,10 +164,3 @@ def test_rollout_engine_keys(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "model.rollout.engine" in result.output
     assert "  kv_cache_gb:" in CliRunner().invoke(main, ["reference"]).output
 
-
-def test_tis_on_an_env_stage_is_an_error(tmp_path):
-    p = stage_file(tmp_path)
-    p.write_text(p.read_text().replace("    rewards: [{name: math_accuracy, weight: 1.0}]\n",
-                                       "    env: {name: sokoban}\n    algorithm: {tis_cap: 2.0}\n"))  # fmt: skip
-    result = validate(p)
-    assert result.exit_code == 2 and "tis_cap" in result.output and "stages.b" in result.output

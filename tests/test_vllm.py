@@ -109,6 +109,26 @@ def test_multi_turn_sokoban_episodes_through_vllm_match_the_hf_backend(engine):
         assert not a.pixel_values and b.responses == a.responses
 
 
+def test_multi_turn_rollout_log_probs_line_up_with_the_training_sequence(engine):
+    """Each sampled token's engine log-prob sits at its place in the episode; the env's tokens hold 0."""
+    cfg = StageConfig(kind="rl", data=[{"dataset": "env_seeds"}], steps=1, micro_batch_size=4,
+                      env={"name": "sokoban", "dim": [6, 6], "num_boxes": 1, "max_turns": 3, "images": False,
+                           "max_episode_tokens": 1000},
+                      generation={"max_new_tokens": 8})  # fmt: skip
+    torch.manual_seed(3)
+    episodes = run_episodes(StageContext("t", cfg, None, None, engine, [], "", None), env_seeds(n=3, seed=8),
+                            with_logprobs=True)  # fmt: skip
+    with torch.no_grad():
+        trainer, mask, _ = engine.backend.logprobs([e.training_prompt() for e in episodes],
+                                                   [e.completion for e in episodes])  # fmt: skip
+    for i, ep in enumerate(episodes):
+        assert len(ep.rollout_logp) == len(ep.completion) == len(ep.loss_mask)
+        model = torch.tensor(ep.loss_mask).bool()
+        rollout = torch.tensor(ep.rollout_logp)
+        assert model.sum() > 0 and (~model).sum() > 0 and (rollout[~model] == 0).all()
+        assert (rollout[model] - trainer[i, : len(ep.completion)][model]).abs().max() < 1e-4
+
+
 @pytest.mark.parametrize("shift, cap, weight", [(0.0, 2.0, 1.0), (1.0, 2.0, 2.0), (-0.5, 5.0, 0.6065306597)])
 def test_truncated_importance_sampling_weights_the_token_losses(tiny_text, shift, cap, weight):
     """The rollout engine gave log-prob ``old - shift``: each token's loss is scaled by min(e^shift, cap)."""
