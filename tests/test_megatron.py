@@ -325,5 +325,48 @@ def test_nproc_per_node_runs_tensor_or_data_parallel(tmp_path, tp):
     assert (fre / "final" / "model.safetensors").exists()
 
 
+def test_data_parallel_run_killed_after_a_checkpoint_resumes_exactly(tmp_path):
+    """Two replicas under ``--nproc-per-node 2``, killed (the whole process group) once a checkpoint is on
+    disk: the rerun resumes from it and its later steps equal those of a run that was never stopped."""
+    import signal
+    import time
+
+    sets = ["model.backend=megatron", "stages.warmup.steps=2", "stages.fre.steps=5", "stages.fre.save_every=1",
+            "stages.fre.batch_size=2", "stages.fre.algorithm.group_size=2", "stages.fre.micro_batch_size=3",
+            "stages.fre.rewards=[{name: length_penalty, max_tokens: 24, buffer: 20}]"]  # fmt: skip
+    cmd = [sys.executable, "-m", "lmmr1_core.cli", "run", "stages/quickstart.yaml", "--nproc-per-node", "2",
+           *(a for s in sets for a in ("--set", s))]  # fmt: skip
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for d in (whole, killed):
+        shutil.copytree(TESTS.parent / "stages", d / "stages")
+    proc = subprocess.run(cmd, cwd=whole, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    fre = killed / "runs" / "quickstart" / "fre"
+    run = subprocess.Popen(cmd, cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (fre / "checkpoints" / "step-000002" / "trainer_state.pt").exists():
+        assert run.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    # the launcher and every rank at once, as a lost node would (torchrun's workers have their own sessions)
+    psutil = pytest.importorskip("psutil")
+    for p in [*psutil.Process(run.pid).children(recursive=True), psutil.Process(run.pid)]:
+        p.send_signal(signal.SIGKILL)
+    run.wait()
+    assert not (fre / "final").exists()
+
+    proc = subprocess.run(cmd, cwd=killed, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stage fre: resuming after step " in proc.stderr, proc.stderr[-3000:]
+    resumed_at = int(proc.stderr.split("stage fre: resuming after step ")[1].split()[0])
+    assert 2 <= resumed_at < 5
+    a, b = _metrics(whole / "runs/quickstart/fre/metrics.jsonl"), _metrics(fre / "metrics.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5]
+    for r, q in zip(a[resumed_at:], b[resumed_at:]):
+        assert r["grad_norm"] > 0
+        for key in ("loss", "grad_norm", "reward/mean", "response_length"):
+            assert r[key] == pytest.approx(q[key], rel=1e-5, abs=1e-7), (r["step"], key)
+
+
 if __name__ == "__main__":  # the torchrun worker of test_tensor_and_pipeline_parallel_match_tp1
     _parallel_worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
