@@ -326,11 +326,12 @@ def test_nproc_per_node_runs_tensor_or_data_parallel(tmp_path, tp):
 
 
 def test_data_parallel_run_killed_after_a_checkpoint_resumes_exactly(tmp_path):
-    """Two replicas under ``--nproc-per-node 2``, killed (the whole process group) once a checkpoint is on
+    """Two replicas under ``--nproc-per-node 2``, killed (launcher and ranks) once a checkpoint is on
     disk: the rerun resumes from it and its later steps equal those of a run that was never stopped."""
     import signal
     import time
 
+    psutil = pytest.importorskip("psutil")  # to find every rank's process
     sets = ["model.backend=megatron", "stages.warmup.steps=2", "stages.fre.steps=5", "stages.fre.save_every=1",
             "stages.fre.batch_size=2", "stages.fre.algorithm.group_size=2", "stages.fre.micro_batch_size=3",
             "stages.fre.rewards=[{name: length_penalty, max_tokens: 24, buffer: 20}]"]  # fmt: skip
@@ -349,7 +350,6 @@ def test_data_parallel_run_killed_after_a_checkpoint_resumes_exactly(tmp_path):
         assert run.poll() is None, "the run ended before it could be killed"
         time.sleep(0.05)
     # the launcher and every rank at once, as a lost node would (torchrun's workers have their own sessions)
-    psutil = pytest.importorskip("psutil")
     for p in [*psutil.Process(run.pid).children(recursive=True), psutil.Process(run.pid)]:
         p.send_signal(signal.SIGKILL)
     run.wait()
