@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lmmr1_core import Sample, load_env
-from lmmr1_core.trainer import StageContext, build_messages
+from lmmr1_core.trainer import StageContext, build_messages, generate
 
 
 def env_seeds(n: int = 100, seed: int = 0) -> list[Sample]:
@@ -127,14 +127,8 @@ def run_episodes(
                     active.remove(e)
                     continue
                 contexts.append(prompt)
-        outs: list[list[int]] = []
-        logps: list[list[float]] = []
-        chunk = cfg.micro_batch_size * 4
-        for i in range(0, len(active), chunk):
-            out = backend.generate(contexts[i : i + chunk], gen.max_new_tokens, gen.temperature, gen.top_p,
-                                   greedy=greedy, **({"return_logprobs": True} if with_logprobs else {}))  # fmt: skip
-            outs += out[0] if with_logprobs else out
-            logps += out[1] if with_logprobs else [[0.0] * len(c) for c in out]
+        outs, logps = generate(ctx, contexts, greedy=greedy, with_logprobs=with_logprobs)
+        logps = logps or [[0.0] * len(c) for c in outs]
         for ep, ids, lp, context in zip(active, outs, logps, contexts):
             text = backend.decode(ids)
             if spec.keep_images is not None:

@@ -22,6 +22,7 @@ from lmmr1_core.trainer import (
     DataOrder,
     StageContext,
     build_messages,
+    generate,
     make_optimizer,
     next_prompts,
     resume,
@@ -82,13 +83,8 @@ def collect_rollout(ctx: StageContext, rewards: RewardSet, algorithm, order: Dat
         samples, prompts, position = next_prompts(ctx, order, position, cfg.batch_size, gen.max_prompt_length)
         samples = [s for s in samples for _ in range(G)]
         prompts = [p for p in prompts for _ in range(G)]
-        completions, logps = [], []
-        chunk = cfg.micro_batch_size * 4
-        for i in range(0, len(prompts), chunk):
-            out = backend.generate(prompts[i : i + chunk], gen.max_new_tokens, gen.temperature, gen.top_p,
-                                   **({"return_logprobs": True} if want_logp else {}))  # fmt: skip
-            completions += out[0] if want_logp else out
-            logps += out[1] if want_logp else [None] * len(out)
+        completions, logps = generate(ctx, prompts, with_logprobs=want_logp)
+        logps = logps or [None] * len(completions)
         texts = [backend.decode(c) for c in completions]
         columns = reward_columns(samples, completions)
         messages = [build_messages(s.messages, cfg) for s in samples]
@@ -172,7 +168,7 @@ def collect_episode_rollout(ctx: StageContext, order: DataOrder, position: int):
         per_reward=per_reward,
         groups_seen=len(seeds),
         groups_dropped=0,
-        loss_mask=torch.tensor([e.loss_mask + [0.0] * (T - len(e.loss_mask)) for e in episodes]),
+        loss_mask=_pad_rows([e.loss_mask for e in episodes]),
         dense_rewards=dense_rewards(episodes, T) if cfg.env.reward == "per_turn" else None,
         episodes=episodes,
         rollout_logp=_pad_rows([e.rollout_logp for e in episodes]) if want_logp else None,

@@ -61,6 +61,24 @@ class DataOrder:
         return int(self._perm[position % self.n])
 
 
+def generate(
+    ctx: StageContext, prompts: list[Any], greedy: bool = False, with_logprobs: bool = False
+) -> tuple[list[list[int]], list[list[float]] | None]:
+    """The stage's generation settings over ``prompts``, ``4 x micro_batch_size`` at a time:
+    (completions, the engine's log-prob of each sampled token or None)."""
+    gen, chunk = ctx.config.generation, ctx.config.micro_batch_size * 4
+    # return_logprobs only when asked: a third-party backend's generate need not know the keyword
+    extra = {"return_logprobs": True} if with_logprobs else {}
+    completions: list[list[int]] = []
+    logps: list[list[float]] = []
+    for i in range(0, len(prompts), chunk):
+        out = ctx.backend.generate(prompts[i : i + chunk], gen.max_new_tokens, gen.temperature, gen.top_p,
+                                   greedy=greedy, **extra)  # fmt: skip
+        completions += out[0] if with_logprobs else out
+        logps += out[1] if with_logprobs else []
+    return completions, logps if with_logprobs else None
+
+
 def next_prompts(ctx: StageContext, order: DataOrder, position: int, count: int, max_len: int):
     """``count`` encodable samples from ``position`` on: (samples, prompts, new position)."""
     samples, prompts = [], []
