@@ -264,17 +264,28 @@ class MegatronBackend:
         if self.dp == 1:
             logp, entropy = self._replica_logprobs(prompts, completions, temperature, reference, with_entropy)
             return logp, mask, entropy
+
+        def replica(p: list[Prompt], c: list[list[int]]) -> list[torch.Tensor]:
+            return [t for t in self._replica_logprobs(p, c, temperature, reference, with_entropy) if t is not None]
+
+        full = self._over_replicas(replica, prompts, completions, 2 if with_entropy else 1, graph=not reference)
+        return full[0], mask, (full[1].detach() if with_entropy else None)
+
+    def _over_replicas(self, fn, prompts: list[Prompt], completions: list[list[int]], k: int,
+                       graph: bool) -> list[torch.Tensor]:  # fmt: skip
+        """``fn(prompts, completions) -> k [b, t] tensors`` on this replica's share of the rows
+        (``parallel.share``: a contiguous chunk, possibly empty), the other replicas' rows gathered.
+        ``graph``: a replica with no rows still returns a first tensor loss.backward() can run through."""
+        T = max(len(c) for c in completions)
         rows = share(len(completions), self.dp_rank, self.dp)
         own = None
         if rows:
-            logp, entropy = self._replica_logprobs([prompts[i] for i in rows], [completions[i] for i in rows],
-                                                   temperature, reference, with_entropy)  # fmt: skip
-            own = [F.pad(t, (0, T - t.shape[1])) for t in (logp, entropy) if t is not None]
-        full = self._gather_rows(own, len(completions), T, 2 if with_entropy else 1)
-        logp, entropy = full[0], (full[1].detach() if with_entropy else None)
-        if not rows and torch.is_grad_enabled() and not reference:  # what loss.backward() needs a graph for
-            logp = logp + self._anchor.sum()
-        return logp, mask, entropy
+            mine = fn([prompts[i] for i in rows], [completions[i] for i in rows])
+            own = [F.pad(t, (0, T - t.shape[1])) for t in mine]
+        full = self._gather_rows(own, len(completions), T, k)
+        if not rows and graph and torch.is_grad_enabled():
+            full[0] = full[0] + self._anchor.sum()
+        return full
 
     def _gather_rows(self, own: list[torch.Tensor] | None, B: int, T: int, k: int) -> list[torch.Tensor]:
         """``k`` float ``[B, T]`` tensors from each replica's rows (``own``: this replica's ``k`` tensors, None
@@ -397,17 +408,9 @@ class MegatronBackend:
         and gathered like ``logprobs`` (the critic's gradients are summed over them in ``critic_step``)."""
         if self.critic is None:
             raise RuntimeError("no critic: call make_critic() first")
-        T = max(len(c) for c in completions)
         if self.dp == 1:
             return self._replica_values(prompts, completions)
-        rows = share(len(completions), self.dp_rank, self.dp)
-        own = None
-        if rows:
-            v = self._replica_values([prompts[i] for i in rows], [completions[i] for i in rows])
-            own = [F.pad(v, (0, T - v.shape[1]))]
-        (v,) = self._gather_rows(own, len(completions), T, 1)
-        if not rows and torch.is_grad_enabled():  # the value loss's backward needs a graph
-            v = v + self._anchor.sum()
+        (v,) = self._over_replicas(lambda p, c: [self._replica_values(p, c)], prompts, completions, 1, graph=True)
         return v
 
     def _replica_values(self, prompts: list[Prompt], completions: list[list[int]]) -> torch.Tensor:
