@@ -1,20 +1,15 @@
-"""Benchmark loaders on small files written in each benchmark's published layout, and the judge reward."""
+"""Benchmark loaders on small copies of each benchmark in its publishers' layouts (tests/benchmark_fixtures.py),
+and the judge reward."""
 
-import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import benchmark_fixtures as fx
 import pytest
-from PIL import Image
 
 from lmmr1_core import load_dataset, load_reward
-
-
-def png_bytes() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (40, 30), (0, 128, 0)).save(buf, format="PNG")
-    return buf.getvalue()
+from lmmr1_core.errors import DataError
 
 
 def score(samples, completions, reward="geometry_answer"):
@@ -24,85 +19,210 @@ def score(samples, completions, reward="geometry_answer"):
     )  # fmt: skip
 
 
-def test_mathvista_parquet_with_decoded_images(tmp_path):
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """Every benchmark written once, in its publishers' layouts (see benchmark_fixtures)."""
+    root = tmp_path_factory.mktemp("benchmarks")
+    return {name: getattr(fx, name)(root / name) for name in ("mathvista", "mathverse", "mathvision", "mmstar",
+                                                              "math500", "gpqa")}  # fmt: skip
+
+
+# --- splits: the paper's by default; a split without answers is refused -----------------------------
+
+
+def test_mathvista_saved_folder_reads_testmini_not_the_withheld_test(bench):
+    samples = load_dataset("mathvista", path=str(bench["mathvista"] / "saved"))
+    assert [s.id for s in samples] == ["1", "2"] and {s.meta["split"] for s in samples} == {"testmini"}
+    assert [s.answer for s in samples] == ["1.2", "the dog"]
+    assert isinstance(samples[0].images[0], bytes)  # decoded_image's embedded bytes, not a PIL image
+    assert samples[0].meta["category"] == "textbook question answering"
+    assert samples[0].messages[0]["content"][-1]["text"].startswith("Hint: Please answer the question requiring")
+    assert score(samples, ["<answer>1.2</answer>", "<answer>B</answer>"]) == [1.0, 1.0]
+    assert score(samples, ["<answer>1.5</answer>", "<answer>the cat</answer>"]) == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("where", ["saved", "file", "test_only"])
+def test_mathvista_test_split_withholds_answers_and_is_refused(bench, where, tmp_path):
     import datasets
 
-    rows = {
-        "pid": ["1", "2"],
-        "question": ["What is the value?", "Which is bigger?"],
-        "query": ["Hint: answer with a number.\nWhat is the value?", "Hint: choose.\nWhich is bigger?\nChoices: ..."],
-        "image": ["images/1.jpg", "images/2.jpg"],
-        "decoded_image": [png_bytes(), png_bytes()],
-        "choices": [None, ["the cat", "the dog"]],
-        "answer": ["3.5", "the dog"],
-        "question_type": ["free_form", "multi_choice"],
-        "metadata": [{"task": "figure QA", "category": "math"}, {"task": "textbook QA", "category": "general"}],
-    }
-    path = tmp_path / "testmini.parquet"
-    datasets.Dataset.from_dict(rows).to_parquet(str(path))
-    samples = load_dataset("mathvista", path=str(path))
-    assert [s.id for s in samples] == ["1", "2"] and samples[0].meta["category"] == "figure QA"
-    assert isinstance(samples[0].images[0], bytes)  # decoded_image wins over the path
-    assert samples[0].messages[0]["content"][-1]["text"].startswith("Hint: answer with a number.")
-    assert score(samples, ["<answer>3.50</answer>", "<answer>B</answer>"]) == [1.0, 1.0]
-    assert score(samples, ["<answer>4</answer>", "<answer>the cat</answer>"]) == [0.0, 0.0]
+    root = bench["mathvista"]
+    if where == "saved":
+        kwargs = {"path": str(root / "saved"), "split": "test"}
+    elif where == "file":
+        kwargs = {"path": str(next((root / "repo/data").glob("test-*.parquet")))}
+    else:  # a folder holding only the test split: the default falls to it, and is refused
+        datasets.DatasetDict({"test": datasets.load_from_disk(str(root / "saved"))["test"]}).save_to_disk(
+            str(tmp_path / "t"))
+        kwargs = {"path": str(tmp_path / "t")}
+    with pytest.raises(DataError, match=r"split 'test' withholds its answers .* evaluate split 'testmini'"):
+        load_dataset("mathvista", **kwargs)
 
 
-def test_mathvision_and_mathverse_jsonl_with_image_paths(tmp_path):
-    (tmp_path / "images").mkdir()
-    Image.new("RGB", (40, 30)).save(tmp_path / "images/1.png")
-    mv = {"id": "7", "question": "Find the angle.", "options": ["30", "45", "60"], "image": "images/1.png",
-          "answer": "B", "solution": "", "level": 2, "subject": "metric geometry - angle"}  # fmt: skip
-    (tmp_path / "mathvision.jsonl").write_text(json.dumps(mv) + "\n")
-    [s] = load_dataset("mathvision", path=str(tmp_path / "mathvision.jsonl"))
-    assert s.images == [str(tmp_path / "images/1.png")] and s.meta["category"] == "metric geometry - angle"
-    assert "A. 30\nB. 45\nC. 60" in s.messages[0]["content"][-1]["text"]
-    assert score([s], ["<answer>45</answer>"]) == [1.0]
-    verse = {"sample_index": "11", "problem_index": "3", "problem_version": "Vision Dominant",
-             "question": "q", "query_cot": "Please solve: q", "image": "images/1.png", "answer": "12",
-             "question_type": "free-form", "metadata": {"subject": "plane geometry"}}  # fmt: skip
-    (tmp_path / "mathverse.jsonl").write_text(json.dumps(verse) + "\n")
-    [s] = load_dataset("mathverse", path=str(tmp_path / "mathverse.jsonl"))
-    assert s.meta["category"] == "Vision Dominant" and s.meta["subject"] == "plane geometry"
-    assert s.messages[0]["content"][-1]["text"] == "Please solve: q"
+def test_mathvista_repository_folder_and_annotation_file(bench):
+    repo = bench["mathvista"] / "repo"
+    samples = load_dataset("mathvista", path=str(repo))  # data/testmini-*.parquet, preferred to the .json
+    assert [s.id for s in samples] == ["1", "2"] and isinstance(samples[0].images[0], bytes)
+    assert samples[0].meta["split"] == "testmini"
+    annot = load_dataset("mathvista", path=str(repo / "annot_testmini.json"))
+    assert [s.answer for s in annot] == ["1.2", "the dog"] and annot[0].meta["split"] == "testmini"
+    assert annot[1].images == [str(repo / "images/2.jpg")] and annot[1].meta["options"] == ["the cat", "the dog"]
+    with pytest.raises(DataError, match=r"holds split 'testmini', not 'test'"):
+        load_dataset("mathvista", path=str(repo / "annot_testmini.json"), split="test")
+    with pytest.raises(DataError, match=r"no split 'val' \(splits: testmini, test\)"):
+        load_dataset("mathvista", path=str(repo), split="val")
 
 
-def test_mmstar_math500_gpqa(tmp_path):
-    import datasets
+def test_each_benchmark_defaults_to_the_split_the_paper_evaluates(bench):
+    expected = {"mathvista": "testmini", "mathverse": "testmini", "mathvision": "test", "mmstar": "val",
+                "math500": "test", "gpqa_diamond": "train"}  # fmt: skip
+    for name, split in expected.items():
+        folder = bench["gpqa" if name == "gpqa_diamond" else name]
+        for path in (folder / "saved", folder / "repo"):
+            samples = load_dataset(name, path=str(path))
+            assert {s.meta["split"] for s in samples} == {split}, (name, path)
+    testmini = load_dataset("mathvision", path=str(bench["mathvision"] / "saved"), split="testmini")
+    assert [s.id for s in testmini] == ["1", "2"] and testmini[0].meta["split"] == "testmini"
 
-    star = {"index": [0], "question": ["Which colour?\nOptions: A: red, B: green"], "image": [png_bytes()],
-            "answer": ["B"], "category": ["coarse perception"], "l2_category": ["colour"],
-            "meta_info": [{"source": "x"}]}  # fmt: skip
-    datasets.Dataset.from_dict(star).save_to_disk(str(tmp_path / "mmstar"))
-    [s] = load_dataset("mmstar", path=str(tmp_path / "mmstar"))
-    assert s.answer == "B" and s.meta["category"] == "coarse perception" and isinstance(s.images[0], bytes)
-    assert score([s], ["<answer>(B)</answer>"], "choice_accuracy") == [1.0]
 
-    m5 = {"problem": "Compute $\\frac{1}{2}+\\frac{1}{3}$.", "solution": "...", "answer": "\\frac{5}{6}",
-          "subject": "Prealgebra", "level": 2, "unique_id": "test/prealgebra/1.json"}  # fmt: skip
-    (tmp_path / "math500.jsonl").write_text(json.dumps(m5) + "\n")
-    [s] = load_dataset("math500", path=str(tmp_path / "math500.jsonl"), split="test")
-    assert s.id == "test/prealgebra/1.json" and s.images == []
-    assert score([s], ["<answer>\\boxed{5/6}</answer>"], "math_accuracy") == [1.0]
+# --- file types the repositories ship --------------------------------------------------------------
 
-    q = {"Record ID": "rec1", "Question": "Which particle is a lepton?", "Correct Answer": "electron",
-         "Incorrect Answer 1": "proton", "Incorrect Answer 2": "neutron", "Incorrect Answer 3": "pion",
-         "High-level domain": "Physics"}  # fmt: skip
-    (tmp_path / "gpqa.json").write_text(json.dumps([q]))
-    [s] = load_dataset("gpqa_diamond", path=str(tmp_path / "gpqa.json"))
-    letter = s.answer
-    assert s.meta["options"]["ABCD".index(letter)] == "electron"  # shuffled, but the letter follows it
-    assert [s.answer for s in load_dataset("gpqa_diamond", path=str(tmp_path / "gpqa.json"))] == [letter]
-    assert score([s], [f"<answer>{letter}</answer>"], "choice_accuracy") == [1.0]
+
+def test_gpqa_diamond_csv_as_shipped(bench):
+    csv = bench["gpqa"] / "repo/gpqa_diamond.csv"
+    samples = load_dataset("gpqa_diamond", path=str(csv))
+    assert [s.id for s in samples] == ["recA1b2", "recC3d4"] and samples[0].meta["split"] == "train"
+    s = samples[0]
+    assert s.messages[0]["content"].startswith("Which particle is a lepton?\nConsider, among others, the following.")
+    assert s.meta["options"]["ABCD".index(s.answer)] == "electron"  # shuffled, but the letter follows it
+    assert samples[1].meta["options"]["ABCD".index(samples[1].answer)] == "C2H4Cl2"
+    assert [x.answer for x in load_dataset("gpqa_diamond", path=str(bench["gpqa"] / "saved"))] == [
+        x.answer for x in samples]  # the same seeded order from the csv and the saved folder
+    assert score([s], [f"<answer>{s.answer}</answer>"], "choice_accuracy") == [1.0]
     assert score([s], ["<answer>electron</answer>"], "choice_accuracy") == [1.0]
+    assert score([s], ["<answer>proton</answer>"], "choice_accuracy") == [0.0]
+
+
+def test_mmstar_parquet_tsv_and_saved_folder_parse_the_inline_options(bench):
+    repo = bench["mmstar"] / "repo"
+    for path in (repo / "mmstar.parquet", repo / "MMStar.tsv", bench["mmstar"] / "saved"):
+        samples = load_dataset("mmstar", path=str(path))
+        assert [s.id for s in samples] == ["0", "1"] and samples[0].meta["split"] == "val", path
+        assert samples[0].meta["options"] == ["The suitcase is on the book.", "The suitcase is beneath the cat.",
+                                              "The suitcase is beneath the bed.", "The suitcase is beneath the book."]
+        assert samples[1].meta["options"] == ["A cat, sitting on a mat.", "Two dogs", "3, 4, and 5", "None"]
+        assert samples[0].messages[0]["content"][-1]["text"] == fx.MMSTAR_QUESTIONS[0]
+        assert isinstance(samples[0].images[0], bytes)
+        if path.suffix == ".tsv":  # base64; the second row names the first row's index for the same image
+            assert samples[0].images == samples[1].images == [fx.png()]
+        assert samples[0].meta["category"] == "instance reasoning"
+        assert samples[1].meta["l2_category"] == "object counting"
+        got = score(samples, ["<answer>The suitcase is on the book</answer>", "<answer>3, 4, and 5</answer>"],
+                    "choice_accuracy")  # fmt: skip
+        assert got == [1.0, 1.0]
+        assert score(samples, ["<answer>A</answer>", "<answer>Two dogs</answer>"], "choice_accuracy") == [1.0, 0.0]
+
+
+def test_tsv_with_option_columns(tmp_path):
+    path = fx.vlmevalkit_mcq_tsv(tmp_path / "MMStar.tsv")
+    [s] = load_dataset("mmstar", path=str(path))
+    assert s.meta["options"] == ["red", "green", "blue"]
+    assert s.messages[0]["content"][-1]["text"] == "Which colour is the square?\nOptions: A: red, B: green, C: blue"
+    assert s.images == [fx.png()]
+    assert score([s], ["<answer>green</answer>"], "choice_accuracy") == [1.0]
+
+
+def test_mathvision_options_in_the_figure_and_image_markers(bench):
+    samples = {s.id: s for s in load_dataset("mathvision", path=str(bench["mathvision"] / "repo"))}
+    text = {k: s.messages[0]["content"][-1]["text"] for k, s in samples.items()}
+    assert text["1"] == "Which number should be written in place of the question mark?"
+    assert text["2"] == "Which bike is most expensive?"  # choices drawn in the figure: no "A. A" lines
+    assert text["21"] == "Which of the figures shown bellow cannot be cut out of the figure illustrated nearby?"
+    assert text["15"].endswith("Which weekday was that?\n(A) Wednesday\n(B) Thursday\n(C) Friday\n(D) Tuesday\n"
+                               "(E) Sunday")  # fmt: skip
+    assert all("<image" not in t for t in text.values())
+    assert samples["2"].meta["options"] == ["A", "B", "C", "D", "E"] and samples["15"].meta["category"] == "arithmetic"
+    ordered = [samples[k] for k in ("1", "2", "15", "21")]
+    good = ["<answer>60</answer>", "<answer>A</answer>", "<answer>Wednesday</answer>", "<answer>(E)</answer>"]
+    assert score(ordered, good) == [1.0] * 4
+    assert score(ordered, ["<answer>61</answer>", "<answer>B</answer>", "<answer>Friday</answer>",
+                           "<answer>A</answer>"]) == [0.0] * 4  # fmt: skip
+
+
+def test_mathvision_github_layout_images_at_the_repository_root(bench):
+    gh = bench["mathvision"] / "github"
+    samples = load_dataset("mathvision", path=str(gh))  # data/test.jsonl; images/ beside data/, not in it
+    assert [s.id for s in samples] == ["1", "2", "15", "21"] and samples[0].meta["split"] == "test"
+    assert samples[0].images == [str(gh / "images/1.jpg")]
+    one = load_dataset("mathvision", path=str(gh / "data/testmini.jsonl"))
+    assert [s.id for s in one] == ["1", "2"] and one[0].meta["split"] == "testmini"
+    assert one[1].images == [str(gh / "images/2.jpg")]
+
+
+def test_mathverse_parquet_and_saved_folder(bench):
+    for path in (bench["mathverse"] / "repo/testmini.parquet", bench["mathverse"] / "saved"):
+        samples = load_dataset("mathverse", path=str(path))
+        assert [s.id for s in samples] == ["1", "6"] and samples[0].meta["split"] == "testmini"
+        assert samples[0].meta["category"] == "Text Dominant" and samples[0].meta["subject"] == "Plane Geometry"
+        assert samples[0].messages[0]["content"][-1]["text"].startswith("Please first conduct reasoning")
+        assert isinstance(samples[1].images[0], bytes)
+        # the choices sit in the prompt ("A:25°"): the scorer reads them there
+        assert score(samples, ["<answer>25°</answer>", "<answer>12</answer>"]) == [1.0, 1.0]
+        assert score(samples, ["<answer>B</answer>", "<answer>13</answer>"]) == [0.0, 0.0]
+
+
+def test_math500_jsonl(bench):
+    samples = load_dataset("math500", path=str(bench["math500"] / "repo/test.jsonl"))
+    assert [s.id for s in samples] == ["test/precalculus/807.json", "test/prealgebra/1.json"]
+    assert samples[1].images == [] and samples[1].meta["category"] == "Prealgebra"
+    assert score(samples[1:], ["<answer>\\boxed{5/6}</answer>"], "math_accuracy") == [1.0]
+    with pytest.raises(DataError, match=r"holds split 'test', not 'train'"):
+        load_dataset("math500", path=str(bench["math500"] / "repo/test.jsonl"), split="train")
+
+
+def test_strip_placeholders_and_inline_options():
+    from lmmr1_plugins.datasets.benchmarks import inline_options, strip_placeholders
+
+    assert strip_placeholders("When the ant <image1> walks from home <image2> along\n<image6>\n<image7>") == (
+        "When the ant walks from home along")
+    assert strip_placeholders("a\n\nb <image 3>") == "a\n\nb"
+    assert inline_options("Q?\nOptions: A: yes, B: no") == ["yes", "no"]
+    assert inline_options("Q? Options are not here") == []
 
 
 def test_benchmark_record_missing_a_field_is_named(tmp_path):
-    from lmmr1_core.errors import DataError
-
     (tmp_path / "m.jsonl").write_text(json.dumps({"question": "x"}) + "\n")
     with pytest.raises(DataError, match=r"m.jsonl\[0\]: not a math500 record: missing field 'problem'"):
         load_dataset("math500", path=str(tmp_path / "m.jsonl"))
+    (tmp_path / "m.txt").write_text("x")
+    with pytest.raises(DataError, match=r"m.txt: expected \.parquet, \.jsonl, \.json, \.csv, \.tsv"):
+        load_dataset("math500", path=str(tmp_path / "m.txt"))
+
+
+def test_eval_on_a_saved_mathvista_folder_prints_the_split(bench, tiny_vl, tmp_path):
+    from click.testing import CliRunner
+
+    from lmmr1_core.cli import main
+
+    saved = str(bench["mathvista"] / "saved")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["eval", "--model", str(tiny_vl), "--data", f"mathvista:path={saved}",
+                                       "--rewards", "geometry_answer", "--max-new-tokens", "2",
+                                       "--output-dir", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    res = json.loads((out / "eval/eval/final/results.json").read_text())
+    assert res["splits"] == {saved: "testmini"} and res["overall"]["n"] == 2
+    table = (out / "eval/eval/final/table.txt").read_text().splitlines()
+    assert table[0] == f"{saved}: split testmini" and table[1].split()[:2] == ["n", "geometry_answer"]
+    assert f"{saved}: split testmini" in result.output
+
+
+def test_format_table_without_splits_is_unchanged():
+    from lmmr1_core.evaluate import format_table
+
+    res = {"overall": {"n": 1, "acc": 1.0}, "datasets": {"d": {"n": 1, "acc": 1.0}}, "categories": {}}
+    assert format_table(res).splitlines()[0].split()[:2] == ["n", "acc"]
+    lines = format_table({**res, "splits": {"d": "val"}}).splitlines()
+    assert lines[0] == "d: split val" and lines[1].split()[:2] == ["n", "acc"] and len(lines) == 4
 
 
 class _Judge(BaseHTTPRequestHandler):
