@@ -62,7 +62,9 @@ def format_table(results: dict[str, Any]) -> str:
     head = ["", "n", *keys]
     body = [[name, str(v["n"]), *("-" if v.get(k) is None else f"{v[k]:.4f}" for k in keys)] for name, v in rows]
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *body])
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *body])
+    splits = [f"{src}: split {split}" for src, split in results.get("splits", {}).items()]
+    return "\n".join([*splits, table])
 
 
 def compare_table(result_files: dict[str, Path]) -> str:
@@ -101,6 +103,9 @@ def run_env_eval(ctx: StageContext) -> None:
 
 def _write_results(ctx: StageContext, rows: list[dict[str, Any]], results: dict[str, Any]) -> None:
     results["counters"] = dict(ctx.counters)
+    splits = {s.source: str(s.meta["split"]) for s in ctx.samples if s.meta.get("split") is not None}
+    if splits:  # which split of each benchmark was read (a loader records it in meta["split"])
+        results["splits"] = splits
     ctx.log.samples(0, rows)
     table = format_table(results)
     with atomic_dir(ctx.out_dir / "final") as tmp:
