@@ -41,7 +41,7 @@ def test_mathvista_saved_folder_reads_testmini_not_the_withheld_test(bench):
     assert score(samples, ["<answer>1.5</answer>", "<answer>the cat</answer>"]) == [0.0, 0.0]
 
 
-@pytest.mark.parametrize("where", ["saved", "file", "test_only"])
+@pytest.mark.parametrize("where", ["saved", "file", "test_only", "one_split"])
 def test_mathvista_test_split_withholds_answers_and_is_refused(bench, where, tmp_path):
     import datasets
 
@@ -50,6 +50,10 @@ def test_mathvista_test_split_withholds_answers_and_is_refused(bench, where, tmp
         kwargs = {"path": str(root / "saved"), "split": "test"}
     elif where == "file":
         kwargs = {"path": str(next((root / "repo/data").glob("test-*.parquet")))}
+    elif where == "one_split":  # load_dataset(..., split="test").save_to_disk(): a Dataset that knows its split
+        test_file = str(next((root / "repo/data").glob("test-*.parquet")))
+        datasets.load_dataset("parquet", data_files={"test": test_file}, split="test").save_to_disk(str(tmp_path / "t"))
+        kwargs = {"path": str(tmp_path / "t")}
     else:  # a folder holding only the test split: the default falls to it, and is refused
         datasets.DatasetDict({"test": datasets.load_from_disk(str(root / "saved"))["test"]}).save_to_disk(
             str(tmp_path / "t"))
