@@ -2,16 +2,18 @@
 
 A verifier that hangs (math-verify on a pathological expression, C code stuck in a loop) is
 killed, its sample scored 0 and counted; one that raises scores ``None`` for that sample and is
-counted. The normal path is one call per chunk of the batch, the chunks verified in parallel by
-``workers`` processes; only a failed chunk is retried sample by sample to find the culprit, so the
-safety costs little when nothing goes wrong. A reward that raises ``RewardError`` (a server that
-is down, a misconfiguration) stops the run with that message instead: no sample could be scored.
+counted. A batch is split into one chunk per process (``workers`` of them, in parallel); each
+process calls the reward one sample at a time and replies per sample, so the time limit is per
+sample and a hang costs only its own sample and ``timeout_s`` of wall time. A reward that raises
+``RewardError`` (a server that is down, a misconfiguration) stops the run with that message
+instead: no sample could be scored.
 """
 
 from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 import os
 import signal
 import sys
@@ -40,15 +42,18 @@ def _worker(conn, fn, parent_end) -> None:
         if msg is None:
             return
         prompts, completions, columns = msg
-        try:
-            out = fn(prompts=prompts, completions=completions, **columns)
-            conn.send(("ok", list(out) if out is not None else None))
-        except RewardError as exc:
-            conn.send(("fatal", str(exc)))
-        except BaseException as exc:
-            tb = traceback.extract_tb(exc.__traceback__)
-            where = f" ({tb[-1].filename}:{tb[-1].lineno})" if tb else ""
-            conn.send(("error", f"{type(exc).__name__}: {exc}{where}"))
+        for i in range(len(completions)):  # one call and one reply per sample: a hang costs only its sample
+            try:
+                one = {k: [v[i]] for k, v in columns.items()}
+                out = fn(prompts=[prompts[i]], completions=[completions[i]], **one)
+                conn.send(("ok", list(out) if out is not None else None))
+            except RewardError as exc:
+                conn.send(("fatal", str(exc)))
+                break
+            except BaseException as exc:
+                tb = traceback.extract_tb(exc.__traceback__)
+                where = f" ({tb[-1].filename}:{tb[-1].lineno})" if tb else ""
+                conn.send(("error", f"{type(exc).__name__}: {exc}{where}"))
 
 
 def default_workers() -> int:
@@ -82,14 +87,11 @@ class _Process:
             self.conn = parent
         self.conn.send(payload)
 
-    def receive(self, deadline: float) -> tuple[str, Any]:
-        """("ok"|"error"|"fatal", value), or ("timeout", None) after killing a worker past ``deadline``."""
-        if not self.conn.poll(max(0.0, deadline - time.monotonic())):
-            self.kill()
-            return "timeout", None
+    def read(self) -> tuple[str, Any]:
+        """The reply waiting on the pipe: ("ok"|"error"|"fatal", value); a dead worker is an error."""
         try:
             return self.conn.recv()
-        except EOFError:  # the worker died (segfault in C code, os._exit)
+        except (EOFError, OSError):  # the worker died (segfault in C code, os._exit)
             code = self.proc.exitcode if self.proc else None
             self.kill()
             return "error", f"worker process died (exit code {code})"
@@ -111,7 +113,13 @@ class _Process:
 
 
 class RewardWorkers:
-    """One reward, ``workers`` processes; a batch is split into one chunk per process."""
+    """One reward, ``workers`` processes; a batch is split into one chunk per process.
+
+    Each process scores its chunk one sample at a time and replies per sample, so the time limit is
+    per sample: a sample silent for ``timeout_s`` is the slow one; its process is killed, the sample
+    scores 0, and a fresh process takes the rest of the chunk. A batch's wall time grows by at most
+    ``timeout_s`` per slow sample.
+    """
 
     def __init__(self, name: str, fn: Any, timeout_s: float, workers: int | None = None) -> None:
         self.name, self.timeout_s = name, timeout_s
@@ -142,40 +150,53 @@ class RewardWorkers:
 
     def score(self, prompts: list, completions: list[str], columns: dict[str, list]) -> list[float | None]:
         n = len(completions)
-        chunks = [list(range(n))[w :: len(self.procs)] for w in range(len(self.procs))]
-        chunks = [c for c in chunks if c]
-        start = time.monotonic()
-        for proc, idx in zip(self.procs, chunks):
-            proc.send(self._part(prompts, completions, columns, idx))
         scores: list[float | None] = [None] * n
-        for proc, idx in zip(self.procs, chunks):
-            status, value = proc.receive(start + self.timeout_s * len(idx))
-            if status == "fatal":
-                raise RewardError(f"reward {self.name!r}: {value}")
-            if status == "ok":
-                for i, s in zip(idx, self._check(value, len(idx))):
-                    scores[i] = s
-                continue
-            for i in idx:  # find the culprit(s): one sample at a time
-                scores[i] = self._score_one(proc, i, prompts, completions, columns)
+        todo: dict[_Process, list[int]] = {}
+        deadline: dict[_Process, float] = {}
+        for proc, w in zip(self.procs, range(len(self.procs))):
+            if list(range(n))[w :: len(self.procs)]:
+                todo[proc] = list(range(n))[w :: len(self.procs)]
+                proc.send(self._part(prompts, completions, columns, todo[proc]))
+                deadline[proc] = time.monotonic() + self.timeout_s
+        try:
+            while todo:
+                wait_s = max(0.0, min(deadline[p] for p in todo) - time.monotonic())
+                ready = set(mp_connection.wait([p.conn for p in todo], wait_s))
+                for proc in list(todo):
+                    if proc.conn in ready:
+                        i = todo[proc].pop(0)
+                        scores[i] = self._reply(proc, i, *proc.read(), columns)
+                    elif time.monotonic() >= deadline[proc]:
+                        i = todo[proc].pop(0)
+                        proc.kill()
+                        scores[i] = self._timed_out(i, columns)
+                    else:
+                        continue
+                    if not todo[proc]:
+                        del todo[proc]
+                    elif proc.proc is None:  # killed or died: a fresh process takes the rest of the chunk
+                        proc.send(self._part(prompts, completions, columns, todo[proc]))
+                    deadline[proc] = time.monotonic() + self.timeout_s
+        except BaseException:
+            for proc in todo:  # replies still in flight must not leak into the next batch
+                proc.kill()
+            raise
         self.stats.not_applicable += sum(s is None for s in scores)
         return scores
 
-    def _score_one(self, proc: _Process, i: int, prompts, completions, columns) -> float | None:
-        sample_id = columns["id"][i] if "id" in columns else i
-        proc.send(self._part(prompts, completions, columns, [i]))
-        status, value = proc.receive(time.monotonic() + self.timeout_s)
+    def _reply(self, proc: _Process, i: int, status: str, value: Any, columns: dict) -> float | None:
         if status == "ok":
             return self._check(value, 1)[0]
         if status == "fatal":
             raise RewardError(f"reward {self.name!r}: {value}")
-        if status == "timeout":
-            self.stats.timeouts += 1
-            self._note(f"timed out after {self.timeout_s:g}s on sample {sample_id}")
-            return 0.0
         self.stats.errors += 1
-        self._note(f"raised on sample {sample_id}: {value}")
+        self._note(f"raised on sample {columns['id'][i] if 'id' in columns else i}: {value}")
         return None
+
+    def _timed_out(self, i: int, columns: dict) -> float:
+        self.stats.timeouts += 1
+        self._note(f"timed out after {self.timeout_s:g}s on sample {columns['id'][i] if 'id' in columns else i}")
+        return 0.0
 
     def _note(self, message: str) -> None:
         if self.stats.first_error is None:

@@ -22,7 +22,7 @@ def hangs_on_seven(prompts, completions, answer, **kwargs):
 
 
 def wrong_length(prompts, completions, **kwargs):
-    return [1.0]
+    return [1.0] * (len(completions) + 1)
 
 
 class TestRewardsPlugin:

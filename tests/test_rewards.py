@@ -106,7 +106,7 @@ def test_reward_that_hangs_is_killed_scored_zero_and_counted():
 def test_reward_returning_wrong_length_is_a_clear_error():
     rs = RewardSet([("short", wrong_length, 1.0, 5.0, 1)])
     try:
-        with pytest.raises(RewardError, match="reward 'short' returned 1 scores for 2 completions"):
+        with pytest.raises(RewardError, match="reward 'short' returned 2 scores for 1 completions"):
             rs(["p", "p"], ["a", "b"], {"id": ["x", "y"]})
     finally:
         rs.close()

@@ -1,16 +1,21 @@
-"""Multiple-choice answers: a letter (``B``, ``(B)``, ``B.``) or the option's text, against the gold letter."""
+"""Multiple-choice answers: a letter (``B``, ``(B)``, ``B.``) or the option's text, against the gold letter.
+
+One letter only: ``C or D``, ``C) or D)``, ``C. D.``, ``\\boxed{C}\\boxed{D}`` and "not C" hedge and score 0.
+"""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-from lmmr1_plugins.rewards.math import extract_answer
+from lmmr1_plugins.rewards.answer import HEDGE_WORD, final_answer
 
 LETTERS = "ABCDEFGH"
 _LETTER_ONLY = re.compile(r"^\s*\(?([A-H])\)?\s*[.:)]?\s*$")
 _LETTER_LEAD = re.compile(r"^\s*\(?([A-H])[.:)]\s+\S")  # "B. 45°", "(B) 45°", "B: 45°"
 _ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*\(?([A-H])\b\)?", re.IGNORECASE)
+_STANDALONE = re.compile(r"(?<![A-Za-z\\])\(?([A-H])\)?(?![A-Za-z])")
+_OR_AND = re.compile(r"(?<![A-Za-z\\])(?:or|and)(?![A-Za-z])", re.IGNORECASE)
 _OPTION_LINE = re.compile(r"^\s*\(?([A-H])[.:)]\s*(.+?)\s*$", re.MULTILINE)
 
 
@@ -46,18 +51,37 @@ def _prompt_text(prompt: Any) -> str:
     return "\n".join(parts)
 
 
+def _single(letter: str, rest: str, options: dict[str, str]) -> str | None:
+    """``letter``, unless the text after it names another option or qualifies the choice."""
+    if options.get(letter) is not None and _norm(rest) == _norm(options[letter]):
+        return letter  # "B. 45°": the letter and its own option's text
+    others = set(options) - {letter} if options else set(LETTERS) - {letter}
+    if any(m.group(1) in others for m in _STANDALONE.finditer(rest)) or HEDGE_WORD.search(rest):
+        return None
+    return None if _OR_AND.search(rest) else letter
+
+
 def predicted_letter(completion: str, options: dict[str, str]) -> str | None:
-    text = extract_answer(completion or "")
-    if text is None:
-        m = _ANSWER_IS.search(completion or "")
-        return m.group(1).upper() if m else None
-    for pattern in (_LETTER_ONLY, _LETTER_LEAD):
-        m = pattern.match(text)
-        if m:
-            return m.group(1)
+    final = final_answer(completion or "")
+    if final.hedge:
+        return None
+    text = final.text
+    if text is None:  # no <answer> and no box: "the answer is B" in the last sentences
+        tail = (completion or "")[-2000:]
+        found = list(_ANSWER_IS.finditer(tail))
+        if not found:
+            return None
+        m = found[-1]
+        return _single(m.group(1).upper(), re.split(r"[.!\n]\s", tail[m.end() :])[0], options)
+    m = _LETTER_ONLY.match(text)
+    if m:
+        return m.group(1)
+    m = _LETTER_LEAD.match(text)
+    if m:
+        return _single(m.group(1), text[m.end(1) :].lstrip(".:) "), options)
     m = _ANSWER_IS.search(text)
     if m:
-        return m.group(1).upper()
+        return _single(m.group(1).upper(), text[m.end() :], options)
     wanted = _norm(text)
     hits = [k for k, v in options.items() if _norm(v) == wanted]
     return hits[0] if len(hits) == 1 else None
