@@ -34,7 +34,7 @@ QWEN25_VL_3B = dict(  # Qwen/Qwen2.5-VL-3B-Instruct's config.json, the shapes th
 
 def build_model_dir(kind: str, out: Path) -> Path:
     """A complete HF directory: the tiny VL model, or the 3B shapes with random weights and a tiny tokenizer."""
-    from lmmr1_core.tiny_model import build_tiny_model
+    from lmmr1_plugins.models.tiny import build_tiny_model
 
     if kind == "tiny":
         return build_tiny_model(out / "tiny-vl", "vl")

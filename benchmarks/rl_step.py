@@ -33,10 +33,11 @@ def main() -> None:
     ap.add_argument("--kl", type=float, default=0.001)
     args = ap.parse_args()
 
+    from lmmr1_plugins.models.tiny import build_tiny_model
+
     from lmmr1_core.cli import _quiet_libraries
     from lmmr1_core.config import RunConfig
     from lmmr1_core.run import run
-    from lmmr1_core.tiny_model import build_tiny_model
 
     _quiet_libraries()
     work = Path(tempfile.mkdtemp(prefix="lmmr1-bench-"))

@@ -43,11 +43,11 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     args = ap.parse_args()
 
+    from lmmr1_plugins.models.tiny import build_tiny_model
     from lmmr1_plugins.models.vllm_engine import VLLMRollout
 
     from lmmr1_core import load_model
     from lmmr1_core.cli import _quiet_libraries
-    from lmmr1_core.tiny_model import build_tiny_model
 
     _quiet_libraries()
     model = args.model or str(

@@ -121,14 +121,19 @@ def plugins(as_json: bool) -> None:
 @click.option("--hidden", default=128, show_default=True, help="hidden size (a multiple of 32)")
 @click.option("--layers", default=2, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def tiny_model(directory: str, kind: str, hidden: int, layers: int, seed: int) -> None:
+@click.option("--backend", default="hf", show_default=True, help="the model backend plugin that builds it")
+def tiny_model(directory: str, kind: str, hidden: int, layers: int, seed: int, backend: str) -> None:
     """Write a tiny random HF model (weights, tokenizer, chat template[, processor]) to DIRECTORY."""
     if hidden % 32:
         raise click.BadParameter("must be a multiple of 32 (head size 32)", param_hint="--hidden")
     _quiet_libraries()
-    from lmmr1_core.tiny_model import build_tiny_model
+    from lmmr1_core.errors import PluginError
+    from lmmr1_core.plugins import lookup
 
-    path = build_tiny_model(directory, kind, hidden=hidden, layers=layers, seed=seed)
+    build = getattr(lookup("models", backend).obj, "build_tiny", None)  # declared by the factory
+    if build is None:
+        raise PluginError(f"model backend {backend!r} builds no tiny models")
+    path = build(directory, kind, hidden=hidden, layers=layers, seed=seed)
     click.echo(f"wrote a tiny {kind} model to {path}")
 
 
@@ -229,10 +234,22 @@ def episodes_show(run_dir: str, stage: str | None, index: int, out: str | None) 
 
 @main.command()
 def reference() -> None:
-    """Print the stage-file reference (every key, its type, default and meaning)."""
+    """Print the stage-file reference (every key, its type, default and meaning) and each plugin's options."""
+    from lmmr1_core import options
     from lmmr1_core.config import reference_text
+    from lmmr1_core.plugins import registry
 
     click.echo(reference_text())
+    where = {"rewards": "stages.<name>.rewards[]", "algorithms": "stages.<name>.algorithm",
+             "envs": "stages.<name>.env", "datasets": "stages.<name>.data[]",
+             "rollout_engines": "model.rollout"}  # fmt: skip
+    for kind, key in where.items():
+        click.echo(f"\n{kind} (options under {key}):")
+        for name, reg in sorted(registry(kind).items()):
+            lines = options.describe(kind, reg.obj)
+            click.echo(f"  {name} ({reg.plugin}):" + ("" if lines else " no options"))
+            for line in lines:
+                click.echo(f"    {line}")
 
 
 if __name__ == "__main__":

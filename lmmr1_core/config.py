@@ -37,19 +37,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class RolloutConfig(_Strict):
-    """Which engine generates rollouts; the trainer's weights are synced into it before each rollout."""
+class RolloutConfig(BaseModel):
+    """Which engine generates rollouts; keys other than `engine` are the engine plugin's options."""
 
-    engine: Literal["backend", "vllm"] = Field(
-        "backend", description="`backend`: the model backend generates; `vllm`: a vLLM engine (extra `lmmr1[vllm]`)"
+    model_config = ConfigDict(extra="allow")
+    engine: str = Field(
+        "backend",
+        description="`backend`: the model backend generates; else a rollout-engine plugin, e.g. `vllm` "
+        "(extra `lmmr1[vllm]`), which gets the trainer's weights before each rollout",
     )
-    gpu_memory_utilization: float = Field(0.4, gt=0, le=1, description="vllm: share of GPU memory for the engine")
-    max_model_len: int | None = Field(None, ge=16, description="vllm: context length (default: prompt + new tokens)")
-    max_num_seqs: int = Field(256, ge=1, description="vllm: sequences decoded together")
-    enforce_eager: bool | None = Field(
-        None, description="vllm: no compilation or CUDA graphs (faster start, slower decode); default: on CPU only"
-    )
-    kv_cache_gb: float = Field(1.0, gt=0, description="vllm on CPU: KV-cache size in GiB")
+
+    def engine_config(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
 class ModelConfig(_Strict):
@@ -86,13 +85,18 @@ class DataSpec(BaseModel):
 
 
 class RewardSpec(BaseModel):
-    """One reward; every key except `name`, `weight`, `timeout_s` and `workers` configures the reward."""
+    """One reward; every other key is the reward's option (`lmmr1 reference` lists each reward's)."""
 
     model_config = ConfigDict(extra="allow")
     name: str
     weight: float = 1.0
     timeout_s: float = Field(10.0, gt=0, description="per-sample time limit; a hung verifier scores 0")
     workers: int | None = Field(None, ge=1, description="processes verifying in parallel (default: cores, at most 4)")
+    completions: Literal["text", "conversational"] | None = Field(
+        None,
+        description="how completions reach the reward: strings, or TRL's conversational "
+        "[{role: assistant, content: ...}]; default: what the reward declares (`conversational = True`), else text",
+    )
 
     def reward_config(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -270,7 +274,7 @@ def _format_validation(path: str, err: ValidationError) -> str:
         key = ".".join(str(x) for x in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see docs/stage-file.md)"
+            msg = "unknown key (check the spelling; `lmmr1 reference` lists every key)"
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
 

@@ -16,20 +16,8 @@ from typing import Any
 import torch
 
 from lmmr1_core import Sample, load_env
-from lmmr1_core.trainer import StageContext, build_messages, generate
-
-
-def env_seeds(n: int = 100, seed: int = 0) -> list[Sample]:
-    """Episode seeds for an env stage (training and evaluation use different ``seed``s)."""
-    return [Sample(messages=[], meta={"env_seed": seed * 1_000_003 + i}, id=f"seed-{seed}-{i}") for i in range(n)]
-
-
-def observation_message(obs, instruction: str | None) -> dict[str, Any]:
-    text = obs.text + (f"\n{instruction}" if instruction else "")
-    return {
-        "role": "user",
-        "content": [*({"type": "image", "image": im} for im in obs.images), {"type": "text", "text": text}],
-    }
+from lmmr1_core.prompts import build_messages, last_images_view, observation_message
+from lmmr1_core.trainer import StageContext, generate
 
 
 @dataclass
@@ -72,28 +60,6 @@ class Episode:
             self.images += encoded.images or []
 
 
-def last_images_view(messages: list[dict[str, Any]], keep: int) -> tuple[list[dict[str, Any]], list[Any]]:
-    """The conversation with only its last ``keep`` images; older ones become a short text note."""
-    total = sum(1 for m in messages if isinstance(m.get("content"), list)
-                for i in m["content"] if i.get("type") == "image")  # fmt: skip
-    seen, view, images = 0, [], []
-    for m in messages:
-        if not isinstance(m.get("content"), list):
-            view.append(m)
-            continue
-        items = []
-        for item in m["content"]:
-            if item.get("type") == "image":
-                seen += 1
-                if seen <= total - keep:
-                    items.append({"type": "text", "text": "[an earlier observation image, not shown]"})
-                    continue
-                images.append(item["image"])
-            items.append(item)
-        view.append({**m, "content": items})
-    return view, images
-
-
 def run_episodes(
     ctx: StageContext, samples: list[Sample], greedy: bool = False, with_logprobs: bool = False
 ) -> list[Episode]:
@@ -108,7 +74,8 @@ def run_episodes(
     for sample in samples:
         env = load_env(spec.name, **spec.env_config())
         obs = env.reset(sample.meta["env_seed"])
-        messages = build_messages([observation_message(obs, spec.instruction)], cfg)
+        first = [observation_message(obs, spec.instruction)]
+        messages = build_messages(first, cfg.prompt_template, cfg.system_prompt)
         ep = Episode(env, sample, messages, prompt=backend.encode(messages, obs.images, sample.id))
         ep._add_images(ep.prompt)
         episodes.append(ep)

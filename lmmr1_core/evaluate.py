@@ -17,7 +17,7 @@ from tqdm import tqdm
 from lmmr1_core.checkpoint import atomic_dir
 from lmmr1_core.metrics import main_process
 from lmmr1_core.rewards import RewardSet, reward_columns
-from lmmr1_core.trainer import StageContext, build_messages, encode_sample
+from lmmr1_core.trainer import StageContext, encode_sample, generate
 
 CATEGORY_KEYS = ("category", "subject")
 
@@ -30,16 +30,24 @@ def _category(sample, key: str | None) -> str | None:
 
 
 def summarize(rows: list[dict[str, Any]], reward_names: list[str], k: int) -> dict[str, Any]:
-    """Aggregate per-prompt rows into mean@k per reward and pass@k (any completion scored 1.0)."""
+    """Aggregate per-prompt rows into mean@k per reward and pass@k (any completion scored 1.0).
+
+    The denominator is every prompt of the data: a completion no reward could score (``None``) counts as 0,
+    and so does a prompt dropped before generation (too long, unreadable image); ``n_unscored`` and
+    ``n_dropped`` say how many there were.
+    """
 
     def agg(subset: list[dict]) -> dict[str, Any]:
         out: dict[str, Any] = {"n": len(subset)}
         for name in reward_names:
-            scores = [s for r in subset for s in r["scores"][name] if s is not None]
+            scores = [0.0 if s is None else s for r in subset for s in r["scores"][name]]
             out[f"{name}/mean@{k}" if k > 1 else name] = sum(scores) / len(scores) if scores else None
             if k > 1:
                 passed = [any(s == 1.0 for s in r["scores"][name]) for r in subset]
                 out[f"{name}/pass@{k}"] = sum(passed) / len(passed) if passed else None
+        out["n_unscored"] = sum(s is None for r in subset if not r.get("dropped") for n in reward_names
+                                for s in r["scores"][n])  # fmt: skip
+        out["n_dropped"] = sum(bool(r.get("dropped")) for r in subset)
         return out
 
     by_source: dict[str, list] = defaultdict(list)
@@ -58,13 +66,17 @@ def summarize(rows: list[dict[str, Any]], reward_names: list[str], k: int) -> di
 
 def format_table(results: dict[str, Any]) -> str:
     rows = [("overall", results["overall"])] + list(results["datasets"].items()) + list(results["categories"].items())
-    keys = [k for k in results["overall"] if k != "n"]
+    keys = [k for k in results["overall"] if k not in ("n", "n_unscored", "n_dropped")] + ["n_unscored", "n_dropped"]
     head = ["", "n", *keys]
-    body = [[name, str(v["n"]), *("-" if v.get(k) is None else f"{v[k]:.4f}" for k in keys)] for name, v in rows]
+    body = [[name, str(v["n"]), *(_cell(v.get(k)) for k in keys)] for name, v in rows]
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
     table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *body])
     splits = [f"{src}: split {split}" for src, split in results.get("splits", {}).items()]
     return "\n".join([*splits, table])
+
+
+def _cell(v: Any) -> str:
+    return "-" if v is None else str(v) if isinstance(v, int) else f"{v:.4f}"
 
 
 def compare_table(result_files: dict[str, Path]) -> str:
@@ -73,7 +85,7 @@ def compare_table(result_files: dict[str, Path]) -> str:
     for stage, path in result_files.items():
         res = json.loads(Path(path).read_text())
         for src, v in res["datasets"].items():
-            metrics = ", ".join(f"{k} {v[k]:.4f}" for k in v if k != "n" and v[k] is not None)
+            metrics = ", ".join(f"{k} {v[k]:.4f}" for k in v if not k.startswith("n") and v[k] is not None)
             lines.append(f"  {stage:16s} {src}: {metrics} (n={v['n']})")
     return "\n".join(lines)
 
@@ -83,8 +95,7 @@ def run_env_eval(ctx: StageContext) -> None:
     from lmmr1_core.episodes import episode_record, run_episodes
 
     cfg, k = ctx.config, ctx.config.eval_samples
-    ctx.hook.on_stage_start(stage=ctx.name, config=cfg, output_dir=str(ctx.out_dir))
-    ctx.backend.model.eval()
+    ctx.backend.eval()
     rows: list[dict[str, Any]] = []
     chunk = max(1, cfg.micro_batch_size // k)
     for i in tqdm(range(0, len(ctx.samples), chunk), desc=f"{ctx.name} (eval, episodes)", dynamic_ncols=True,
@@ -121,36 +132,39 @@ def run_eval(ctx: StageContext) -> None:
     k, gen = cfg.eval_samples, cfg.generation
     names = [r.name for r in cfg.rewards]
     rewards = RewardSet.from_specs(cfg.rewards)
-    ctx.hook.on_stage_start(stage=ctx.name, config=cfg, output_dir=str(ctx.out_dir))
-    backend.model.eval()
+    backend.eval()
     rows: list[dict[str, Any]] = []
     chunk = max(1, cfg.micro_batch_size * 4 // k)
     bar = tqdm(total=len(ctx.samples), desc=f"{ctx.name} (eval)", dynamic_ncols=True, disable=not main_process())
     try:
         for i in range(0, len(ctx.samples), chunk):
-            batch, prompts = [], []
+            batch, messages, prompts = [], [], []
             for sample in ctx.samples[i : i + chunk]:
-                prompt = encode_sample(ctx, sample, gen.max_prompt_length)
-                if prompt is None:
+                encoded = encode_sample(ctx, sample, gen.max_prompt_length)
+                if encoded is None:  # counted as 0 in the results, and as n_dropped
+                    rows.append(_row(sample, cfg, [], {n: [None] * k for n in names}, dropped=True))
                     continue
                 batch.append(sample)
-                prompts.append(prompt)
+                messages += [encoded[0]] * k
+                prompts += [encoded[1]] * k
             bar.update(len(ctx.samples[i : i + chunk]))
             if not batch:
                 continue
-            expanded = [p for p in prompts for _ in range(k)]
-            completions = backend.generate(expanded, gen.max_new_tokens, gen.temperature, gen.top_p, greedy=k == 1)
+            completions, _ = generate(ctx, prompts, greedy=k == 1)
             texts = [backend.decode(c) for c in completions]
             samples = [s for s in batch for _ in range(k)]
-            columns = reward_columns(samples, completions)
-            _, per = rewards([build_messages(s.messages, cfg) for s in samples], texts, columns)
+            _, per = rewards(messages, texts, reward_columns(samples, completions))
             for j, s in enumerate(batch):
                 sl = slice(j * k, (j + 1) * k)
-                rows.append({"id": s.id, "source": s.source, "category": _category(s, cfg.category_key),
-                             "answer": s.answer, "completions": texts[sl],
-                             "scores": {n: per[n][sl] for n in names}})  # fmt: skip
+                rows.append(_row(s, cfg, texts[sl], {n: per[n][sl] for n in names}))
     finally:
         bar.close()
         rewards.close()
     ctx.counters.update(rewards.counters())
     _write_results(ctx, rows, summarize(rows, names, k))
+
+
+def _row(sample, cfg, completions: list[str], scores: dict[str, list], dropped: bool = False) -> dict[str, Any]:
+    row = {"id": sample.id, "source": sample.source, "category": _category(sample, cfg.category_key),
+           "answer": sample.answer, "completions": completions, "scores": scores}  # fmt: skip
+    return {**row, "dropped": True} if dropped else row

@@ -37,6 +37,11 @@ def register_algorithms(register):
 
 
 @hookspec
+def register_rollout_engines(register):
+    """Register rollout engines: ``register(name, engine_factory)``, ``engine_factory(backend, model, stage)``."""
+
+
+@hookspec
 def on_stage_start(stage, config, output_dir):
     """Called before a stage's first step (also when it resumes)."""
 

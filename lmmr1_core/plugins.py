@@ -17,7 +17,7 @@ import pluggy
 from lmmr1_core import hookspecs
 from lmmr1_core.errors import PluginError
 
-KINDS = ("rewards", "datasets", "envs", "models", "stages", "algorithms")
+KINDS = ("rewards", "datasets", "envs", "models", "stages", "algorithms", "rollout_engines")
 _SINGULAR = {
     "rewards": "reward",
     "datasets": "dataset",
@@ -25,6 +25,7 @@ _SINGULAR = {
     "models": "model backend",
     "stages": "stage kind",
     "algorithms": "algorithm",
+    "rollout_engines": "rollout engine",
 }
 
 

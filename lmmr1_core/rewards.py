@@ -11,6 +11,7 @@ instead: no sample could be scored.
 
 from __future__ import annotations
 
+import inspect
 import math
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
@@ -208,25 +209,74 @@ class RewardWorkers:
             p.close()
 
 
+@dataclass
+class TrainerState:
+    """What a reward gets as ``trainer_state`` (TRL passes its ``TrainerState``): the optimizer steps done
+    before this rollout, the stage's total, and the stage's name."""
+
+    global_step: int
+    max_steps: int | None = None
+    stage: str = ""
+
+
+@dataclass
+class LoadedReward:
+    """One reward of a stage, as the stage file names it, with its callable bound to its options."""
+
+    name: str
+    fn: Any
+    weight: float = 1.0
+    timeout_s: float = 10.0
+    workers: int | None = None
+    conversational: bool = False  # completions as TRL's conversational format, not strings
+
+
+class _TRLCall:
+    """Calls a reward the way TRL does: ``trainer_state`` when the reward takes it (by name or ``**kwargs``),
+    and completions as ``[{"role": "assistant", "content": text}]`` when it is conversational."""
+
+    def __init__(self, fn: Any, conversational: bool) -> None:
+        self.fn, self.conversational = fn, conversational
+        try:
+            params = inspect.signature(fn).parameters.values()
+            self.takes_state = any(p.name == "trainer_state" or p.kind is p.VAR_KEYWORD for p in params)
+        except (TypeError, ValueError):
+            self.takes_state = False
+
+    def __call__(self, prompts: list, completions: list[str], trainer_state: list | None = None, **columns: Any):
+        if self.conversational:
+            completions = [[{"role": "assistant", "content": c}] for c in completions]
+        if trainer_state and self.takes_state:
+            columns["trainer_state"] = trainer_state[0]  # one state for the batch; it travels as a column
+        return self.fn(prompts=prompts, completions=completions, **columns)
+
+
 class RewardSet:
     """The weighted rewards of a stage; ``total`` skips ``None`` scores, like TRL's nansum."""
 
-    def __init__(self, specs: list[tuple]) -> None:
-        """``specs``: ``(name, reward, weight, timeout_s[, workers])`` per reward."""
-        self.rewards = [RewardWorkers(s[0], s[1], s[3], s[4] if len(s) > 4 else None) for s in specs]
-        self.weights = [s[2] for s in specs]
+    def __init__(self, rewards: list[LoadedReward]) -> None:
+        self.rewards = [RewardWorkers(r.name, _TRLCall(r.fn, r.conversational), r.timeout_s, r.workers)
+                        for r in rewards]  # fmt: skip
+        self.weights = [r.weight for r in rewards]
 
     @classmethod
     def from_specs(cls, specs: list) -> RewardSet:
         """The rewards a stage file names (``RewardSpec``s), loaded through the plugin registry."""
         from lmmr1_core import load_reward
 
-        return cls([(r.name, load_reward(r.name, **r.reward_config()), r.weight, r.timeout_s, r.workers)
-                    for r in specs])  # fmt: skip
+        loaded = []
+        for r in specs:
+            fn = load_reward(r.name, **r.reward_config())
+            conversational = r.completions == "conversational" if r.completions else getattr(
+                getattr(fn, "func", fn), "conversational", False) is True  # fmt: skip
+            loaded.append(LoadedReward(r.name, fn, r.weight, r.timeout_s, r.workers, conversational))
+        return cls(loaded)
 
     def __call__(
-        self, prompts: list, completions: list[str], columns: dict[str, list]
+        self, prompts: list, completions: list[str], columns: dict[str, list], state: TrainerState | None = None
     ) -> tuple[list[float | None], dict[str, list[float | None]]]:
+        if state is not None:
+            columns = {**columns, "trainer_state": [state] * len(completions)}
         per = {r.name: r.score(prompts, completions, columns) for r in self.rewards}
         totals: list[float | None] = []
         for i in range(len(completions)):

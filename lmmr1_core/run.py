@@ -10,9 +10,10 @@ from typing import Any
 
 import yaml
 
-from lmmr1_core import load_dataset, load_model
+from lmmr1_core import load_dataset, load_model, options
 from lmmr1_core.checkpoint import atomic_write_text, latest_checkpoint, truncate_jsonl
 from lmmr1_core.config import RunConfig, StageConfig, stage_order
+from lmmr1_core.contracts import Algorithm
 from lmmr1_core.errors import ConfigError, DataError, LmmError
 from lmmr1_core.metrics import RunLog, main_process
 from lmmr1_core.plugins import get_plugin_manager, lookup
@@ -24,43 +25,79 @@ def _looks_like_hub_id(path: str) -> bool:
     return path.count("/") == 1 and not path.startswith((".", "/", "~"))
 
 
+def _check(kind: str, name: str, key: str, path: str) -> Any:
+    """The registered plugin object; an unknown name is an error naming the file and key."""
+    try:
+        return lookup(kind, name).obj
+    except LmmError as exc:
+        raise ConfigError(f"{path}: {key}: {exc}") from None
+
+
 def check_plugins(cfg: RunConfig, path: str) -> None:
-    """Every plugin name the file uses exists (the error says which key names it)."""
-
-    def check(kind: str, name: str, key: str) -> None:
-        try:
-            lookup(kind, name)
-        except LmmError as exc:
-            raise ConfigError(f"{path}: {key}: {exc}") from None
-
-    check("models", cfg.model.backend, "model.backend")
+    """Every plugin name the file uses exists and every option it gives is one the plugin declares (the
+    error names the file, the key and the plugin); algorithms are built, so their own checks run too."""
+    _check("models", cfg.model.backend, "model.backend", path)
+    engine = cfg.model.rollout.engine
+    if engine != "backend":
+        obj = _check("rollout_engines", engine, "model.rollout.engine", path)
+        options.check("rollout_engines", engine, obj, cfg.model.rollout.engine_config(), f"{path}: model.rollout")
     for sname, st in cfg.stages.items():
-        check("stages", st.kind, f"stages.{sname}.kind")
+        where = f"{path}: stages.{sname}"
+        _check("stages", st.kind, f"stages.{sname}.kind", path)
         if st.kind in ("rl", "sft") and st.steps is None:
-            raise ConfigError(f"{path}: stages.{sname}.steps: a {st.kind} stage needs `steps`")
+            raise ConfigError(f"{where}.steps: a {st.kind} stage needs `steps`")
         if st.init_from and cfg.stages[st.init_from].kind == "eval":
-            raise ConfigError(f"{path}: stages.{sname}.init_from: {st.init_from!r} is an eval stage (no weights)")
+            raise ConfigError(f"{where}.init_from: {st.init_from!r} is an eval stage (no weights)")
         for i, d in enumerate(st.data):
-            check("datasets", d.dataset, f"stages.{sname}.data.{i}.dataset")
-        if st.kind == "rl":
-            check("algorithms", st.algorithm.name, f"stages.{sname}.algorithm.name")
+            obj = _check("datasets", d.dataset, f"stages.{sname}.data.{i}.dataset", path)
+            options.check("datasets", d.dataset, obj, d.loader_config(), f"{where}.data.{i}")
+        algorithm = _check_algorithm(st, where, path) if st.kind == "rl" else None
         if st.env is not None:
-            check("envs", st.env.name, f"stages.{sname}.env.name")
-            if (
-                st.env.keep_images
-                and st.kind == "rl"
-                and (st.algorithm.name == "ppo" or st.algorithm.kl.in_reward or st.env.reward == "per_turn")
-            ):
-                raise ConfigError(f"{path}: stages.{sname}.env.keep_images: each turn trains as its own sequence "
-                                  "with its episode's advantage; use a critic-free algorithm, KL in the loss and "
-                                  "env.reward return or success")  # fmt: skip
-            if st.rewards:
-                raise ConfigError(f"{path}: stages.{sname}.rewards: an env stage is rewarded by its env "
-                                  "(env.reward: return, success or per_turn); remove `rewards`")  # fmt: skip
+            obj = _check("envs", st.env.name, f"stages.{sname}.env.name", path)
+            options.check("envs", st.env.name, obj, st.env.env_config(), f"{where}.env")
+            _check_env_stage(st, algorithm, where)
         elif st.kind in ("rl", "eval") and not st.rewards:
-            raise ConfigError(f"{path}: stages.{sname}.rewards: an {st.kind} stage needs at least one reward")
+            raise ConfigError(f"{where}.rewards: an {st.kind} stage needs at least one reward")
         for i, r in enumerate(st.rewards):
-            check("rewards", r.name, f"stages.{sname}.rewards.{i}.name")
+            obj = _check("rewards", r.name, f"stages.{sname}.rewards.{i}.name", path)
+            options.check("rewards", r.name, obj, r.reward_config(), f"{where}.rewards.{i}")
+
+
+def _check_algorithm(st: StageConfig, where: str, path: str) -> Algorithm:
+    name = st.algorithm.name
+    factory = _check("algorithms", name, f"{where.split(': ', 1)[1]}.algorithm.name", path)
+    options.check("algorithms", name, factory, st.algorithm.algorithm_config(), f"{where}.algorithm")
+    try:
+        algorithm = factory(**st.algorithm.algorithm_config())
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}.algorithm: algorithm {name!r}: {exc}") from None
+    if st.algorithm.tis_cap is not None and st.generation.top_p < 1:
+        raise ConfigError(f"{where}.algorithm.tis_cap: truncated importance sampling compares the rollout "
+                          "engine's log-probs with the trainer's, which are before top-p; with generation.top_p "
+                          f"{st.generation.top_p} they refer to different distributions. Use top_p: 1.0 or drop "
+                          "tis_cap")  # fmt: skip
+    return algorithm
+
+
+def _check_env_stage(st: StageConfig, algorithm: Algorithm | None, where: str) -> None:
+    if st.env.keep_images and algorithm is not None and (
+        algorithm.needs_critic or st.algorithm.kl.in_reward or st.env.reward == "per_turn"
+    ):
+        raise ConfigError(f"{where}.env.keep_images: each turn trains as its own sequence with its episode's "
+                          "advantage; use a critic-free algorithm, KL in the loss and env.reward return or "
+                          "success")  # fmt: skip
+    if st.rewards:
+        raise ConfigError(f"{where}.rewards: an env stage is rewarded by its env (env.reward: return, success "
+                          "or per_turn); remove `rewards`")  # fmt: skip
+
+
+def build_tiny_model(backend: str, path: str, kind: str) -> None:
+    """``model.tiny``: the backend's factory builds a tiny random model of ``kind`` at ``path``."""
+    factory = lookup("models", backend).obj
+    build = getattr(factory, "build_tiny", None)  # declared by the factory (contracts.BackendFactory)
+    if build is None:
+        raise ConfigError(f"model.tiny: model backend {backend!r} builds no tiny models")
+    build(path, kind)
 
 
 def check_model_path(cfg: RunConfig, path: str) -> str:
@@ -144,10 +181,8 @@ def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None =
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.model.tiny and not Path(cfg.model.path).exists():
-            from lmmr1_core.tiny_model import build_tiny_model
-
             print(f"building a tiny {cfg.model.tiny} model at {cfg.model.path}", file=sys.stderr)
-            build_tiny_model(cfg.model.path, cfg.model.tiny)
+            build_tiny_model(cfg.model.backend, cfg.model.path, cfg.model.tiny)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     hook = get_plugin_manager().hook
     for name in order:
@@ -170,18 +205,19 @@ def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None =
                 truncate_jsonl(out / log_name, found[0] if found else 0)
         samples = load_stage_data(name, st, path)
         backend = load_model(cfg.model.backend, **_model_kwargs(cfg, str(found[1]) if found else init))
-        if cfg.model.rollout.engine == "vllm":
-            from lmmr1_plugins.models.vllm_engine import rollout_engine
-
-            backend = rollout_engine(backend, cfg.model, st)
-        ctx = StageContext(name, st, cfg, out, backend, samples, init, hook)
+        engine = None
+        if cfg.model.rollout.engine != "backend":
+            engine = lookup("rollout_engines", cfg.model.rollout.engine).obj(backend, cfg.model, st)
+        ctx = StageContext(name, st, cfg, out, backend, samples, init, hook, engine=engine)
         ctx.log = RunLog(out)
         try:
+            hook.on_stage_start(stage=name, config=st, output_dir=str(out))
             lookup("stages", st.kind).obj(ctx)
         finally:
             ctx.log.close()
-            if hasattr(backend, "close"):
-                backend.close()
+            if engine is not None:
+                engine.close()
+            backend.close()
         hook.on_stage_end(stage=name, output_dir=str(out), metrics=dict(ctx.counters))
         print(f"stage {name}: done -> {out / 'final'}", file=sys.stderr)
         del ctx, backend

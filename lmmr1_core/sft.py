@@ -4,20 +4,8 @@ from __future__ import annotations
 
 import time
 
-from tqdm import tqdm
-
 from lmmr1_core.errors import DataError
-from lmmr1_core.metrics import main_process
-from lmmr1_core.trainer import (
-    DataOrder,
-    StageContext,
-    make_optimizer,
-    next_prompts,
-    resume,
-    save_checkpoint,
-    save_final,
-    stop_requested,
-)
+from lmmr1_core.trainer import DataOrder, StageContext, make_optimizer, next_prompts, run_steps
 
 
 def sft_target(template: str, sample) -> str:
@@ -30,51 +18,35 @@ def sft_target(template: str, sample) -> str:
 def run_sft(ctx: StageContext) -> None:
     cfg, backend = ctx.config, ctx.backend
     optimizer, scheduler = make_optimizer(ctx, cfg.steps)
-    start, position = resume(ctx, optimizer, scheduler)
     order = DataOrder(len(ctx.samples), cfg.seed)
     eos = backend.tokenizer.eos_token_id
-    ctx.hook.on_stage_start(stage=ctx.name, config=cfg, output_dir=str(ctx.out_dir))
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"{ctx.name} (sft)", dynamic_ncols=True, disable=not main_process())
-    try:
-        for step in range(start + 1, cfg.steps + 1):
-            t0 = time.perf_counter()
-            samples, prompts, position = next_prompts(
-                ctx, order, position, cfg.batch_size, cfg.generation.max_prompt_length
-            )
-            targets = [
-                backend.tokenizer(sft_target(cfg.target_template, s), add_special_tokens=False).input_ids + [eos]
-                for s in samples
-            ]
-            n_tokens = float(sum(len(t) for t in targets))
-            backend.train()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            for i in range(0, len(prompts), cfg.micro_batch_size):
-                sl = slice(i, i + cfg.micro_batch_size)
-                logp, mask, _ = backend.logprobs(prompts[sl], targets[sl])
-                loss = -(logp * mask).sum() / n_tokens
-                loss.backward()
-                loss_sum += loss.item()
-            grad_norm = backend.clip_grad_norm(cfg.optim.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            step_s = time.perf_counter() - t0
-            tokens = sum(len(p.input_ids) + len(t) for p, t in zip(prompts, targets))
-            metrics = {
-                "loss": loss_sum,
-                "grad_norm": grad_norm,
-                "lr": scheduler.get_last_lr()[0],
-                "tokens_per_s": tokens / step_s,
-                "step_s": step_s,
-                **ctx.counters,
-            }
-            ctx.log.metrics(step, metrics)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-            if step % cfg.save_every == 0 and step < cfg.steps:
-                save_checkpoint(ctx, step, optimizer, scheduler, position)
-            if stop_requested(ctx.hook.on_step_end(stage=ctx.name, step=step, metrics=metrics)):
-                break
-    finally:
-        bar.close()
-    save_final(ctx)
+
+    def step(_step: int, position: int):
+        t0 = time.perf_counter()
+        samples, _, prompts, position = next_prompts(ctx, order, position, cfg.batch_size,
+                                                     cfg.generation.max_prompt_length)  # fmt: skip
+        targets = [
+            backend.tokenizer(sft_target(cfg.target_template, s), add_special_tokens=False).input_ids + [eos]
+            for s in samples
+        ]
+        n_tokens = float(sum(len(t) for t in targets))
+        backend.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for i in range(0, len(prompts), cfg.micro_batch_size):
+            sl = slice(i, i + cfg.micro_batch_size)
+            logp, mask, _ = backend.logprobs(prompts[sl], targets[sl])
+            loss = -(logp * mask).sum() / n_tokens
+            loss.backward()
+            loss_sum += loss.item()
+        grad_norm = backend.clip_grad_norm(cfg.optim.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        step_s = time.perf_counter() - t0
+        tokens = sum(len(p.input_ids) + len(t) for p, t in zip(prompts, targets))
+        metrics = {"loss": loss_sum, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
+                   "tokens_per_s": tokens / step_s, "step_s": step_s}  # fmt: skip
+        return metrics, position, None
+
+    run_steps(ctx, optimizer, scheduler, step,
+              lambda m: {"loss": f"{m['loss']:.3f}", "tok_s": f"{m['tokens_per_s']:.0f}"})  # fmt: skip

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from lmmr1_core.checkpoint import (
     atomic_dir,
@@ -20,25 +22,33 @@ from lmmr1_core.checkpoint import (
     set_rng_state,
 )
 from lmmr1_core.config import RunConfig, StageConfig
+from lmmr1_core.contracts import Backend, Generator, RolloutEngine
 from lmmr1_core.errors import DataError
 from lmmr1_core.metrics import RunLog, main_process
+from lmmr1_core.prompts import build_messages
 from lmmr1_core.types import Sample
 
 
 @dataclass
 class StageContext:
-    """Everything a stage runner needs; built by ``run.run_stage``."""
+    """Everything a stage runner needs; built by ``run.run``."""
 
     name: str
     config: StageConfig
     run: RunConfig
     out_dir: Path
-    backend: Any
+    backend: Backend
     samples: list[Sample]
     init_path: str  # the weights this stage started from (the KL reference)
     hook: Any  # pluggy hook relay, for the event hooks
     log: RunLog | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    engine: RolloutEngine | None = None  # None: the backend generates
+    critic: bool = False  # the backend holds a critic (saved and restored with the trainer state)
+
+    @property
+    def generator(self) -> Generator:
+        return self.engine if self.engine is not None else self.backend
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
@@ -72,7 +82,7 @@ def generate(
     completions: list[list[int]] = []
     logps: list[list[float]] = []
     for i in range(0, len(prompts), chunk):
-        out = ctx.backend.generate(prompts[i : i + chunk], gen.max_new_tokens, gen.temperature, gen.top_p,
+        out = ctx.generator.generate(prompts[i : i + chunk], gen.max_new_tokens, gen.temperature, gen.top_p,
                                    greedy=greedy, **extra)  # fmt: skip
         completions += out[0] if with_logprobs else out
         logps += out[1] if with_logprobs else []
@@ -80,8 +90,8 @@ def generate(
 
 
 def next_prompts(ctx: StageContext, order: DataOrder, position: int, count: int, max_len: int):
-    """``count`` encodable samples from ``position`` on: (samples, prompts, new position)."""
-    samples, prompts = [], []
+    """``count`` encodable samples from ``position`` on: (samples, their messages, prompts, new position)."""
+    samples, messages, prompts = [], [], []
     tried = 0
     while len(samples) < count:
         if tried >= 2 * len(ctx.samples) and not samples:
@@ -89,19 +99,21 @@ def next_prompts(ctx: StageContext, order: DataOrder, position: int, count: int,
         sample = ctx.samples[order.index(position)]
         position += 1
         tried += 1
-        prompt = encode_sample(ctx, sample, max_len)
-        if prompt is None:
+        encoded = encode_sample(ctx, sample, max_len)
+        if encoded is None:
             continue
         samples.append(sample)
-        prompts.append(prompt)
-    return samples, prompts, position
+        messages.append(encoded[0])
+        prompts.append(encoded[1])
+    return samples, messages, prompts, position
 
 
 def encode_sample(ctx: StageContext, sample: Sample, max_len: int):
-    """The sample's encoded prompt, or None (counted): a prompt over ``max_len`` tokens is dropped
-    (never truncated through an image); one whose image cannot be read is reported with its id."""
+    """(the stage's messages for the sample, its encoded prompt), or None (counted): a prompt over ``max_len``
+    tokens is dropped (never truncated through an image); one whose image cannot be read is reported."""
+    messages = build_messages(sample.messages, ctx.config.prompt_template, ctx.config.system_prompt)
     try:
-        prompt = ctx.backend.encode(build_messages(sample.messages, ctx.config), sample.images, sample.id)
+        prompt = ctx.backend.encode(messages, sample.images, sample.id)
     except DataError as exc:
         ctx.count("data/bad_samples")
         print(f"warning: skipping {exc}", file=sys.stderr)
@@ -109,29 +121,7 @@ def encode_sample(ctx: StageContext, sample: Sample, max_len: int):
     if len(prompt.input_ids) > max_len:
         ctx.count("data/dropped_long_prompts")
         return None
-    return prompt
-
-
-def build_messages(messages: list[dict], config: StageConfig) -> list[dict]:
-    """The stage's ``prompt_template`` applied to the last user text, and its ``system_prompt`` first."""
-    template, system = config.prompt_template, config.system_prompt
-    if template:
-        messages = [dict(m) for m in messages]
-        for m in reversed(messages):
-            if m.get("role") != "user":
-                continue
-            if isinstance(m.get("content"), str):
-                m["content"] = template.replace("{prompt}", m["content"])
-            elif isinstance(m.get("content"), list):
-                items = [dict(i) for i in m["content"]]
-                texts = [i for i in items if i.get("type") == "text"]
-                if texts:
-                    texts[-1]["text"] = template.replace("{prompt}", texts[-1].get("text", ""))
-                m["content"] = items
-            break
-    if system and not (messages and messages[0].get("role") == "system"):
-        messages = [{"role": "system", "content": system}, *messages]
-    return messages
+    return messages, prompt
 
 
 def lr_lambda(o, total_updates: int):
@@ -163,7 +153,7 @@ def save_checkpoint(ctx: StageContext, step: int, optimizer, scheduler, position
     if not main_process():  # torchrun: gathering sharded weights and optimizer state is collective
         ctx.backend.save(None)
         optimizer.state_dict()
-        if getattr(ctx.backend, "critic", None) is not None:
+        if ctx.critic:
             ctx.backend.critic_state()
         return
     with atomic_dir(final) as tmp:
@@ -176,7 +166,7 @@ def save_checkpoint(ctx: StageContext, step: int, optimizer, scheduler, position
             "rng": rng_state(),
             "counters": dict(ctx.counters),
         }
-        if getattr(ctx.backend, "critic", None) is not None:
+        if ctx.critic:
             state["critic"] = ctx.backend.critic_state()
         torch.save(state, tmp / "trainer_state.pt")
     prune_checkpoints(ctx.out_dir, keep=1)
@@ -197,7 +187,7 @@ def resume(ctx: StageContext, optimizer, scheduler) -> tuple[int, int]:
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     ctx.counters.update(state.get("counters", {}))
-    if "critic" in state:
+    if ctx.critic:
         ctx.backend.load_critic_state(state["critic"])
     return step, state["position"]
 
@@ -217,3 +207,32 @@ def save_final(ctx: StageContext) -> Path:
 def stop_requested(results: list[Any]) -> bool:
     """An ``on_step_end`` implementation returns True to end the stage early (it is then finished)."""
     return any(r is True for r in results)
+
+
+StepFn = Callable[[int, int], tuple[dict[str, Any], int, list[dict[str, Any]] | None]]
+
+
+def run_steps(ctx: StageContext, optimizer, scheduler, step_fn: StepFn, postfix: Callable[[dict], dict]) -> None:
+    """The loop every training stage shares: resume, then ``step_fn(step, data position) -> (metrics, new
+    position, samples.jsonl rows or None)`` per step, each logged, checkpointed every ``save_every`` steps and
+    shown on a progress bar; an ``on_step_end`` hook may end the stage early. Ends with ``final/``."""
+    cfg = ctx.config
+    start, position = resume(ctx, optimizer, scheduler)
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"{ctx.name} ({cfg.kind})", dynamic_ncols=True,
+               disable=not main_process())  # fmt: skip
+    try:
+        for step in range(start + 1, cfg.steps + 1):
+            metrics, position, rows = step_fn(step, position)
+            metrics.update(ctx.counters)
+            ctx.log.metrics(step, metrics)
+            if rows is not None and step % cfg.samples_every == 0:
+                ctx.log.samples(step, rows)
+            bar.update(1)
+            bar.set_postfix(postfix(metrics))
+            if step % cfg.save_every == 0 and step < cfg.steps:
+                save_checkpoint(ctx, step, optimizer, scheduler, position)
+            if stop_requested(ctx.hook.on_step_end(stage=ctx.name, step=step, metrics=metrics)):
+                break
+    finally:
+        bar.close()
+    save_final(ctx)

@@ -11,14 +11,14 @@ sys.path.insert(0, str(TESTS))  # tests/helper_plugins.py holds module-level (fo
 
 @pytest.fixture(scope="session")
 def tiny_text(tmp_path_factory) -> Path:
-    from lmmr1_core.tiny_model import build_tiny_model
+    from lmmr1_plugins.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-text", "text")
 
 
 @pytest.fixture(scope="session")
 def tiny_vl(tmp_path_factory) -> Path:
-    from lmmr1_core.tiny_model import build_tiny_model
+    from lmmr1_plugins.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-vl", "vl")
 

@@ -13,7 +13,7 @@ from lmmr1_core import load_dataset, load_model, load_reward
 from lmmr1_core.cli import main
 from lmmr1_core.config import StageConfig
 from lmmr1_core.errors import DataError
-from lmmr1_core.trainer import build_messages
+from lmmr1_core.prompts import build_messages
 
 
 def png(path: Path | None = None, color=(255, 0, 0), size=(60, 40)) -> bytes:
@@ -95,7 +95,7 @@ def test_prompt_template_and_system_prompt():
     cfg = StageConfig(kind="rl", data=[{"dataset": "x"}], system_prompt="Be brief.",
                       prompt_template="{prompt}\nAnswer in <answer></answer> with \\boxed{}.")  # fmt: skip
     msgs = [{"role": "user", "content": [{"type": "image", "image": "a.png"}, {"type": "text", "text": "Q?"}]}]
-    out = build_messages(msgs, cfg)
+    out = build_messages(msgs, cfg.prompt_template, cfg.system_prompt)
     assert out[0] == {"role": "system", "content": "Be brief."}
     assert out[1]["content"][1]["text"] == "Q?\nAnswer in <answer></answer> with \\boxed{}."
     assert msgs[0]["content"][1]["text"] == "Q?"  # the sample itself is untouched
@@ -151,9 +151,23 @@ def test_summarize_by_hand():
     rows = [
         {"source": "d", "category": "x", "scores": {"acc": [1.0, 0.0]}},
         {"source": "d", "category": "y", "scores": {"acc": [0.0, 0.0]}},
-        {"source": "d", "category": "y", "scores": {"acc": [None, 1.0]}},  # None: not applicable, left out
+        {"source": "d", "category": "y", "scores": {"acc": [None, 1.0]}},  # None: unscored, counts as 0
+        {"source": "d", "category": "y", "scores": {"acc": [None, None]}, "dropped": True},  # too long: 0
     ]
     res = summarize(rows, ["acc"], 2)
-    # mean@2 over applicable scores: (1+0+0+0+1)/5; pass@2: 2 of 3 prompts had a 1.0
-    assert res["overall"] == {"n": 3, "acc/mean@2": 0.4, "acc/pass@2": 2 / 3}
-    assert res["categories"]["d / y"]["acc/pass@2"] == 0.5
+    # mean@2 over every completion of every prompt: (1+0+0+0+0+1+0+0)/8; pass@2: 2 of 4 prompts had a 1.0
+    assert res["overall"] == {"n": 4, "acc/mean@2": 0.25, "acc/pass@2": 0.5, "n_unscored": 1, "n_dropped": 1}
+    assert res["categories"]["d / y"]["acc/pass@2"] == 1 / 3
+
+
+def test_eval_keeps_dropped_prompts_in_the_denominator(tiny_text, tmp_path):
+    data = tmp_path / "qa.jsonl"
+    records = [{"prompt": "1?", "answer": "1"}, {"prompt": "word " * 3000, "answer": "2"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["eval", "--model", str(tiny_text), "--data", str(data), "--max-new-tokens", "2",
+                                       "--output-dir", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    res = json.loads((out / "eval/eval/final/results.json").read_text())
+    assert res["overall"]["n"] == 2 and res["overall"]["n_dropped"] == 1
+    assert "n_dropped" in result.output

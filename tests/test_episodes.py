@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from lmmr1_plugins.envs import env_seeds
 
-from lmmr1_core import load_model
+from lmmr1_core import load_algorithm, load_model
 from lmmr1_core.config import StageConfig
-from lmmr1_core.episodes import env_seeds, run_episodes
+from lmmr1_core.episodes import run_episodes
 from lmmr1_core.trainer import StageContext
 
 
@@ -85,7 +86,7 @@ def test_per_turn_rewards_train_with_token_and_outcome_algorithms(tiny_vl, tmp_p
 
 
 def test_last_images_view_keeps_the_last_k():
-    from lmmr1_core.episodes import last_images_view
+    from lmmr1_core.prompts import last_images_view
 
     def user(tag):
         return {"role": "user", "content": [{"type": "image", "image": tag}, {"type": "text", "text": f"board {tag}"}]}
@@ -126,3 +127,37 @@ def test_keep_images_trains_each_turn_with_its_episodes_advantage(tiny_vl, tmp_p
     bad = CliRunner().invoke(main, [*args, *(a for s in [*sets, "stages.mgt_sokoban.algorithm.name=ppo"]
                                             for a in ("--set", s))])  # fmt: skip
     assert bad.exit_code == 2 and "env.keep_images: each turn trains as its own sequence" in bad.output
+
+
+def _two_turn_rollout():
+    """Two episodes of one group: model tokens 0-1 (turn 1), env tokens 2-3, model tokens 4-5 (turn 2)."""
+    from lmmr1_core.rollout import Rollout
+
+    mask = torch.tensor([[1.0, 1, 0, 0, 1, 1]] * 2)
+    dense = torch.zeros(2, 6)
+    dense[0, 1], dense[0, 5], dense[1, 1] = 1.0, 10.0, -1.0  # each turn's reward on its last model token
+    return Rollout(samples=[None, None], prompts=[None, None], completions=[[1] * 6, [1] * 6], texts=["", ""],
+                   rewards=torch.tensor([11.0, -1.0]), per_reward={}, groups_seen=1, groups_dropped=0,
+                   loss_mask=mask, dense_rewards=dense)  # fmt: skip
+
+
+@pytest.mark.parametrize("algorithm", ["reinforce_pp", "grpo"])
+def test_per_turn_advantages_by_hand(algorithm):
+    """Token-level algorithms credit each turn with the rewards from it on (a later turn's reward flows back
+    across the env's tokens); outcome-level ones give every model token the episode's advantage. Env tokens: 0."""
+    from lmmr1_core.rl import make_targets
+
+    cfg = StageConfig(kind="rl", data=[{"dataset": "env_seeds"}], steps=1,
+                      algorithm={"name": algorithm, "group_size": 2},
+                      env={"name": "sokoban", "reward": "per_turn"})  # fmt: skip
+    ctx = StageContext("t", cfg, None, None, None, [], "", None)
+    tg = make_targets(ctx, load_algorithm(algorithm), _two_turn_rollout(), reuse_old=True)
+    if algorithm == "reinforce_pp":
+        returns = torch.tensor([[11.0, 11, 0, 0, 10, 10], [-1, -1, 0, 0, 0, 0]])
+        valid = torch.tensor([[1.0, 1, 0, 0, 1, 1]] * 2).bool()
+        mean, std = returns[valid].mean(), returns[valid].std()
+        expected = torch.where(valid, (returns - mean) / std, torch.zeros_like(returns))
+    else:
+        expected = torch.tensor([[1.0, 1, 0, 0, 1, 1], [-1, -1, 0, 0, -1, -1]]) / 2**0.5
+    assert torch.allclose(tg.advantages, expected, atol=1e-5)
+    assert tg.advantages[0, 0] != tg.advantages[1, 0]

@@ -52,9 +52,11 @@ def test_scoring_an_empty_goal_on_the_real_engine():
 
 def test_multi_turn_episodes_on_football(tiny_vl):
     pytest.importorskip("gfootball", reason="Google Research Football is not installed (see README)")
+    from lmmr1_plugins.envs import env_seeds
+
     from lmmr1_core import load_model
     from lmmr1_core.config import StageConfig
-    from lmmr1_core.episodes import env_seeds, run_episodes
+    from lmmr1_core.episodes import run_episodes
     from lmmr1_core.trainer import StageContext
 
     b = load_model("hf", path=str(tiny_vl), max_pixels=12544)

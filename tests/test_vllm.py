@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 from conftest import run_stage_file
+from lmmr1_plugins.envs import env_seeds
 
 from lmmr1_core import load_model
 from lmmr1_core.config import StageConfig
-from lmmr1_core.episodes import env_seeds, run_episodes
+from lmmr1_core.episodes import run_episodes
 from lmmr1_core.trainer import StageContext
 
 
@@ -31,20 +32,21 @@ def _prompts(backend, n=6):
 
 
 def _train_step(engine, prompts, completions, lr=3e-3):
-    """One optimizer step on the trainer, through the optimizer the engine hands out (it marks the engine stale)."""
-    optimizer = engine.make_optimizer(lr, 0.0, (0.9, 0.999))
-    logp, mask, _ = engine.logprobs(prompts, completions)
+    """One optimizer step on the trainer; the engine is told, as the rl loop tells it (it is then stale)."""
+    optimizer = engine.backend.make_optimizer(lr, 0.0, (0.9, 0.999))
+    logp, mask, _ = engine.backend.logprobs(prompts, completions)
     (-(logp * mask).sum() / mask.sum()).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    engine.weights_changed()
 
 
 def test_greedy_generation_equals_the_hf_backend(engine):
     prompts = _prompts(engine.backend)
     # some steps towards varied targets, so the greedy path is not one token repeated
-    eos = next(iter(engine.eos_ids))
-    targets = [engine.tokenizer(f"<think>{i}+{2 * i + 1}</think> <answer>{3 * i + 1}</answer>").input_ids + [eos]
-               for i in range(6)]  # fmt: skip
+    eos = next(iter(engine.backend.eos_ids))
+    tok = engine.backend.tokenizer
+    targets = [tok(f"<think>{i}+{2 * i + 1}</think> <answer>{3 * i + 1}</answer>").input_ids + [eos] for i in range(6)]
     for _ in range(20):
         _train_step(engine, prompts, targets, lr=1e-2)
     via_vllm = engine.generate(prompts, 16, greedy=True)
@@ -100,7 +102,8 @@ def test_multi_turn_sokoban_episodes_through_vllm_match_the_hf_backend(engine):
                            "max_episode_tokens": 1000},
                       generation={"max_new_tokens": 8})  # fmt: skip
     seeds = env_seeds(n=3, seed=4)
-    via_vllm = run_episodes(StageContext("t", cfg, None, None, engine, [], "", None), seeds, greedy=True)
+    ctx = StageContext("t", cfg, None, None, engine.backend, [], "", None, engine=engine)
+    via_vllm = run_episodes(ctx, seeds, greedy=True)
     via_hf = run_episodes(StageContext("t", cfg, None, None, engine.backend, [], "", None), seeds, greedy=True)
     for a, b in zip(via_vllm, via_hf):
         assert len(a.responses) == 3
@@ -116,8 +119,8 @@ def test_multi_turn_rollout_log_probs_line_up_with_the_training_sequence(engine)
                            "max_episode_tokens": 1000},
                       generation={"max_new_tokens": 8})  # fmt: skip
     torch.manual_seed(3)
-    episodes = run_episodes(StageContext("t", cfg, None, None, engine, [], "", None), env_seeds(n=3, seed=8),
-                            with_logprobs=True)  # fmt: skip
+    ctx = StageContext("t", cfg, None, None, engine.backend, [], "", None, engine=engine)
+    episodes = run_episodes(ctx, env_seeds(n=3, seed=8), with_logprobs=True)
     with torch.no_grad():
         trainer, mask, _ = engine.backend.logprobs([e.training_prompt() for e in episodes],
                                                    [e.completion for e in episodes])  # fmt: skip

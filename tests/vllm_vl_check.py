@@ -31,23 +31,26 @@ def main(model_path: str) -> None:
 
     result = {"greedy_equal": engine.generate(prompts, 12, greedy=True) == backend.generate(prompts, 12, greedy=True)}
     result["gap_before"] = gap()
-    optimizer = engine.make_optimizer(1e-2, 0.0, (0.9, 0.999))
+    optimizer = backend.make_optimizer(1e-2, 0.0, (0.9, 0.999))
     logp, mask, _ = backend.logprobs(prompts, [[300, 301, 302]] * 3)
     (-(logp * mask).sum()).backward()
     optimizer.step()
+    engine.weights_changed()
     result["gap_after_sync"] = gap()
     result["synced"] = engine.last_sync_s > 0
     # multi-turn Sokoban with board images: every turn's context carries all boards so far
+    from lmmr1_plugins.envs import env_seeds
+
     from lmmr1_core.config import StageConfig
-    from lmmr1_core.episodes import env_seeds, run_episodes
+    from lmmr1_core.episodes import run_episodes
     from lmmr1_core.trainer import StageContext
 
     cfg = StageConfig(kind="rl", data=[{"dataset": "env_seeds"}], steps=1, micro_batch_size=4,
                       env={"name": "sokoban", "dim": [6, 6], "num_boxes": 1, "max_turns": 3},
                       generation={"max_new_tokens": 6})  # fmt: skip
     seeds = env_seeds(n=2, seed=3)
-    runs = [run_episodes(StageContext("t", cfg, None, None, b, [], "", None), seeds, greedy=True)
-            for b in (engine, backend)]  # fmt: skip
+    runs = [run_episodes(StageContext("t", cfg, None, None, backend, [], "", None, engine=e), seeds, greedy=True)
+            for e in (engine, None)]  # fmt: skip
     result["episodes_equal"] = all(a.completion == b.completion for a, b in zip(*runs))
     result["episode_images"] = [len(e.images) for e in runs[0]]
     print(json.dumps(result))

@@ -1,38 +1,28 @@
 """Built-in environments: Sokoban (multi-turn env, and LMM-R1's single-turn plan mode) and Football."""
 
+from lmmr1_plugins.envs.football import FootballEnv  # the engine itself is imported on construction
 from lmmr1_plugins.envs.sokoban import SokobanEnv
 from lmmr1_plugins.envs.sokoban_plan import sokoban_levels, sokoban_plan, sokoban_success
 
-from lmmr1_core import hookimpl
+from lmmr1_core import Sample, hookimpl
 
 
-def _sokoban(levels_file: str | None = None, **cfg):
-    if levels_file is not None:
-        from lmmr1_plugins.envs.sokoban import parse_xsb
-
-        with open(levels_file) as f:
-            cfg["levels"] = parse_xsb(f.read())
-    if "dim" in cfg:
-        cfg["dim"] = tuple(cfg["dim"])
-    return SokobanEnv(**cfg)
+def env_seeds(n: int = 100, seed: int = 0) -> list[Sample]:
+    """Episode seeds for an env stage (training and evaluation use different ``seed``s)."""
+    return [Sample(messages=[], meta={"env_seed": seed * 1_000_003 + i}, id=f"seed-{seed}-{i}") for i in range(n)]
 
 
-def _football(**cfg):
-    from lmmr1_plugins.envs.football import FootballEnv
-
-    return FootballEnv(**cfg)
+sokoban_plan.columns = sokoban_success.columns = ("level",)  # a dataset column, not an option
 
 
 @hookimpl
 def register_envs(register):
-    register("sokoban", _sokoban)
-    register("football", _football)
+    register("sokoban", SokobanEnv)
+    register("football", FootballEnv)
 
 
 @hookimpl
 def register_datasets(register):
-    from lmmr1_core.episodes import env_seeds
-
     register("sokoban_levels", sokoban_levels)
     register("env_seeds", env_seeds)
 

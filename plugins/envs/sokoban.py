@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import re
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from PIL import Image, ImageDraw
@@ -289,8 +289,15 @@ class SokobanEnv:
     format_penalty: float = -0.1
     images: bool = True  # False: the text grid only, for text models
     levels: list[Level] | None = None  # from an XSB file; otherwise generated per seed
+    levels_file: InitVar[str | None] = None  # an XSB file to read ``levels`` from
     level: Level = field(init=False, default=None)
     steps: int = field(init=False, default=0)
+
+    def __post_init__(self, levels_file: str | None) -> None:
+        self.dim = tuple(self.dim)  # a stage file gives a list
+        if levels_file is not None:
+            with open(levels_file) as f:
+                self.levels = parse_xsb(f.read())
 
     def reset(self, seed: int = 0) -> Observation:
         if self.levels:

@@ -1,9 +1,19 @@
-"""Built-in model backends."""
+"""Built-in model backends (hf, megatron), tiny local models for tests and quickstarts, and the vLLM
+rollout engine."""
 
 import importlib.util
 
+from lmmr1_plugins.models.vllm_engine import vllm_engine  # torch and pydantic; vLLM loads on first use
+
 from lmmr1_core import hookimpl
 from lmmr1_core.errors import ConfigError
+
+
+def _build_tiny(path, kind: str = "text", **kw):
+    """A tiny random HF model directory of ``kind`` (``text``: Qwen2, ``vl``: Qwen2.5-VL) at ``path``."""
+    from lmmr1_plugins.models.tiny import build_tiny_model
+
+    return build_tiny_model(path, kind, **kw)
 
 
 def _hf(**cfg):
@@ -21,7 +31,16 @@ def _megatron(**cfg):
     return MegatronBackend(**cfg)
 
 
+for _factory in (_hf, _megatron):  # both load Hugging Face directories, so both can start from a tiny one
+    _factory.build_tiny = _build_tiny
+
+
 @hookimpl
 def register_models(register):
     register("hf", _hf)
     register("megatron", _megatron)
+
+
+@hookimpl
+def register_rollout_engines(register):
+    register("vllm", vllm_engine)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from lmmr1_core.contracts import CRITIC, REFERENCE, ROLLOUT_WEIGHTS
 from lmmr1_core.errors import ConfigError, DataError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
@@ -96,6 +97,8 @@ def token_logprobs(
 
 class HFBackend:
     """Policy (and optional frozen reference) as a transformers model on one device."""
+
+    capabilities = frozenset({CRITIC, REFERENCE, ROLLOUT_WEIGHTS})
 
     def __init__(
         self,
@@ -323,6 +326,12 @@ class HFBackend:
 
     def train(self) -> None:
         self.model.train()
+
+    def eval(self) -> None:
+        self.model.eval()
+
+    def close(self) -> None:
+        """Nothing beyond what garbage collection frees."""
 
     def make_reference(self, path: str | None = None) -> None:
         """A frozen model for the KL term: the weights at ``path``, or a copy of the current policy."""

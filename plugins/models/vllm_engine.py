@@ -20,7 +20,9 @@ import time
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
+from lmmr1_core.contracts import ROLLOUT_WEIGHTS
 from lmmr1_core.errors import ConfigError
 
 
@@ -47,8 +49,23 @@ def _import_vllm():
     return vllm
 
 
+class VLLMOptions(BaseModel):
+    """``model.rollout`` keys of ``engine: vllm``."""
+
+    model_config = ConfigDict(extra="forbid")
+    gpu_memory_utilization: float = Field(0.4, gt=0, le=1, description="share of GPU memory for the engine")
+    max_model_len: int | None = Field(None, ge=16, description="context length (default: prompt + new tokens)")
+    max_num_seqs: int = Field(256, ge=1, description="sequences decoded together")
+    enforce_eager: bool | None = Field(
+        None, description="no compilation or CUDA graphs (faster start, slower decode); default: on CPU only"
+    )
+    kv_cache_gb: float = Field(1.0, gt=0, description="on CPU: KV-cache size in GiB")
+
+
 class VLLMRollout:
-    """A model backend whose ``generate`` runs on vLLM; every other attribute is the backend's own."""
+    """The ``RolloutEngine`` contract on vLLM, in front of a backend that declares ``rollout_weights``."""
+
+    separate_logprobs = True  # other kernels than the trainer's: the core keeps and compares them
 
     def __init__(self, backend: Any, max_model_len: int, seed: int = 0, **options: Any) -> None:
         vllm = _import_vllm()
@@ -91,17 +108,9 @@ class VLLMRollout:
 
         self._tokens_prompt = TokensPrompt
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.backend, name)
-
     # -- weights ---------------------------------------------------------------------------------
 
-    def make_optimizer(self, *args: Any, **kwargs: Any):
-        optimizer = self.backend.make_optimizer(*args, **kwargs)
-        optimizer.register_step_post_hook(lambda *_: self._mark_stale())
-        return optimizer
-
-    def _mark_stale(self) -> None:
+    def weights_changed(self) -> None:
         self._stale = True
 
     def sync_weights(self) -> float:
@@ -179,21 +188,27 @@ def _hf_config(backend: Any) -> Any:
     return _hf(backend).model.config
 
 
-def rollout_engine(backend: Any, model_cfg: Any, stage: Any) -> Any:
-    """The backend a stage generates with: itself, or wrapped in a vLLM engine sized for the stage."""
-    r = model_cfg.rollout
-    if r.engine != "vllm" or stage.kind == "sft":
-        return backend
+def vllm_engine(backend: Any, model: Any, stage: Any) -> VLLMRollout | None:
+    """The ``vllm`` rollout engine for a stage, sized for its prompts and new tokens (none for sft)."""
+    if stage.kind == "sft":
+        return None
+    if ROLLOUT_WEIGHTS not in backend.capabilities:
+        raise ConfigError(f"model.rollout.engine: vllm loads the trainer's weights; {type(backend).__name__} "
+                          f"does not declare {ROLLOUT_WEIGHTS!r}")  # fmt: skip
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         raise ConfigError("model.rollout.engine: vllm runs in one process; with several (torchrun) use "
                           "`model.rollout.engine: backend`")  # fmt: skip
+    opts = VLLMOptions(**model.rollout.engine_config())
     gen = stage.generation
-    max_len = r.max_model_len
+    max_len = opts.max_model_len
     if max_len is None:
         budget = stage.env.max_episode_tokens if stage.env is not None else gen.max_prompt_length
         config = _hf_config(backend)
         limit = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
         max_len = min(budget + gen.max_new_tokens, limit or 1 << 30)  # vLLM refuses more than the model's positions
-    options = r.model_dump(exclude={"engine", "max_model_len"})
+    options = opts.model_dump(exclude={"max_model_len"})
     options["max_images"] = max(8, stage.env.max_turns + 1) if stage.env is not None else 8  # one board a turn
     return VLLMRollout(backend, max_model_len=max_len, seed=stage.seed, **options)
+
+
+vllm_engine.options = VLLMOptions

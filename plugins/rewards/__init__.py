@@ -10,6 +10,9 @@ from lmmr1_plugins.rewards.math import math_accuracy
 
 from lmmr1_core import hookimpl
 
+# dataset columns these rewards read (the rest of their keyword parameters are stage-file options)
+choice_accuracy.columns = geometry_answer.columns = ("options", "choices")
+
 
 @hookimpl
 def register_rewards(register):

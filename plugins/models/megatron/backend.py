@@ -32,11 +32,14 @@ from lmmr1_plugins.models.megatron.model import build_gpt, lm_shape
 from lmmr1_plugins.models.megatron.parallel import init_parallel, share
 from lmmr1_plugins.models.megatron.train import MegatronAdamW, clip_grad_norm
 
+from lmmr1_core.contracts import CRITIC, REFERENCE, ROLLOUT_WEIGHTS
 from lmmr1_core.errors import ConfigError
 
 
 class MegatronBackend:
     """Policy (and optional frozen reference) as megatron-core shards; see the module docstring."""
+
+    capabilities = frozenset({CRITIC, REFERENCE, ROLLOUT_WEIGHTS})
 
     def __init__(
         self,
@@ -339,6 +342,13 @@ class MegatronBackend:
         self.gpt.train()
         if self._visual() is not None:
             self._visual().train()
+
+    def eval(self) -> None:
+        self.gpt.eval()
+        self.hf.eval()
+
+    def close(self) -> None:
+        """The process group stays: later stages of the run reuse it."""
 
     def make_reference(self, path: str | None = None) -> None:
         """A frozen copy for the KL term: the weights at ``path`` (or the current policy), as megatron shards
