@@ -32,6 +32,7 @@ HEDGE_WORD = re.compile(
     r"guess|unsure|uncertain|alternatively)(?![A-Za-z])|n't|\\lor(?![a-z])|\\vee(?![a-z])|\?",
     re.IGNORECASE,
 )
+_CONDITION = re.compile(r"(?<![A-Za-z])(?:if|when|whenever|assuming|provided)(?![A-Za-z])", re.IGNORECASE)
 _NEGATION = re.compile(r"(?<![A-Za-z\\])(?:not|never|neither|nor|isn't|aren't|wasn't|cannot)(?![A-Za-z])", re.I)
 # the text allowed between boxes of one group: spacing, punctuation, delimiters, "and"/"or", labels
 # ("y_2 ="), and \text{} without values ("\text{ for part (b) and }"); it is then checked for hedges
@@ -126,6 +127,8 @@ def _text_hedge(text: str) -> str | None:
         if any(c.isdigit() for c in inner):
             return f"a value inside text: {m.group(0)!r}"
     m = HEDGE_WORD.search(_TEXT_CMD.sub(lambda t: f" {t.group(1)} ", text))
+    if m is None:  # a condition on the answer ("3 \text{ if } n \text{ is odd}") qualifies it too
+        m = _CONDITION.search(" ".join(t.group(1) for t in _TEXT_CMD.finditer(text)))
     return f"qualifier {m.group(0)!r}" if m else None
 
 
@@ -179,7 +182,7 @@ def prose_hedge(text: str, found: str) -> str | None:
 
 def _is_prose(text: str) -> bool:
     words = [w for w in _PROSE_WORD.findall(_TEXT_CMD.sub(" ", text)) if w.lower() not in _MATH_WORDS]
-    return len(words) >= 3
+    return len(words) >= 2
 
 
 def final_answer(completion: str) -> Final:

@@ -10,7 +10,7 @@ Chosen behaviour where math-verify is lenient or blind (each pinned by a test):
 - an equation or approximation whose numeric sides disagree (``5=3``, ``x = 7 = 11``) is a hedge.
 
 Speed: a gold answer is parsed once per process (cache); plain numbers, tuples and intervals of them
-and identical strings are decided without sympy; repeated (gold, answer) pairs reuse their verdict.
+and identical strings are decided without sympy.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import logging
 import math
 import re
 
+import math_verify  # imported here, not lazily: forked reward workers then start ready (sympy takes ~0.5 s)
 from lmmr1_plugins.rewards.answer import Final, final_answer, normalize, prose_hedge
-from lmmr1_plugins.rewards.numbers import TimeUp, exact_number, fast_equal, time_limit, too_costly
+from lmmr1_plugins.rewards.numbers import TimeUp, exact_number, fast_equal, is_plain, time_limit, too_costly
 
 # We pass math-verify no timeout of its own (its signal.alarm would cancel ours): say so once, quietly.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -32,14 +33,12 @@ _NUMERIC_SIDE = re.compile(r"^(?:[\d.\s+\-*/^(){}]|\\(?:[dt]?frac|sqrt|cdot|time
 
 def _parse(text: str, prose: bool = False) -> list:
     """math-verify's parse (LaTeX, then plain expressions); [] when nothing symbolic comes out."""
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
-
     if not text or too_costly(text):
         return []
-    configs = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+    configs = [math_verify.LatexExtractionConfig(boxed_match_priority=0), math_verify.ExprExtractionConfig()]
     delimited = prose or "$" in text or "\\(" in text or "\\[" in text or "\\boxed" in text
     for candidate in [text] if delimited else [f"${text}$", text]:
-        parsed = parse(candidate, extraction_config=configs, parsing_timeout=None)
+        parsed = math_verify.parse(candidate, extraction_config=configs, parsing_timeout=None)
         if any(not isinstance(x, str) for x in parsed):
             return parsed
     return []
@@ -99,16 +98,15 @@ def sides_disagree(text: str) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=65536)
 def _verdict(gold: str, pred: str, prose: bool, float_rounding: int, strict: bool, set_relations: bool) -> bool:
     """Is the (normalised) prediction equivalent to the gold? Fast paths first, then math-verify."""
-    from math_verify import verify
-
     if not prose:
         fast = fast_equal(gold, pred, float_rounding)
         if fast is not None:
             return fast
     _, gold_parsed = parse_gold(gold)
+    if not gold_parsed:
+        return False
     pred_parsed = _parse(pred, prose)
     if not pred_parsed:
         return False
@@ -117,7 +115,7 @@ def _verdict(gold: str, pred: str, prose: bool, float_rounding: int, strict: boo
         if sides_disagree(found) or prose_hedge(pred, found):
             return False
     return bool(
-        verify(
+        math_verify.verify(
             list(gold_parsed), pred_parsed, float_rounding=float_rounding, strict=strict,
             allow_set_relation_comp=set_relations, timeout_seconds=None,
         )
@@ -128,20 +126,27 @@ def answer_matches(
     gold: str, final: Final, float_rounding: int = 6, strict: bool = True, set_relations: bool = False
 ) -> bool | None:
     """True/False for a final answer against ``gold``; None when the gold cannot be parsed."""
-    if gold in _SLOW_GOLDS:
-        return None
-    try:
-        gold_text, gold_parsed = parse_gold(gold)
-    except TimeUp:
-        _SLOW_GOLDS.add(gold)  # not cached by lru_cache: remember it, or every sample would wait again
-        raise
-    if not gold_parsed:
-        return None
+    gold_text = _gold_text(gold)
+    plain = is_plain(gold_text)  # a plain number needs no sympy to be known parseable
+    if not plain:
+        if gold in _SLOW_GOLDS:
+            return None
+        try:
+            if not parse_gold(gold_text)[1]:
+                return None
+        except TimeUp:
+            _SLOW_GOLDS.add(gold)  # not cached by lru_cache: remember it, or every sample would wait again
+            raise
     if final.text is None or final.hedge or too_costly(final.text):
         return False
     if not final.prose and sides_disagree(final.text):
         return False
     return _verdict(gold_text, final.text, final.prose, float_rounding, strict, set_relations)
+
+
+@functools.lru_cache(maxsize=65536)
+def _gold_text(gold: str) -> str:
+    return normalize(gold)
 
 
 def extract_answer(completion: str) -> str | None:

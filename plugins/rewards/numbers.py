@@ -155,9 +155,15 @@ def _split_top(s: str) -> list[str]:
     return parts + [s[start:]]
 
 
+_MARK = re.compile(r"(?:\^\s*\{?\s*\\circ\s*\}?|°|\\?%)$")
+
+
 def _sequence(text: str) -> tuple[str, list[Exact]] | None:
+    """``(a, b)``, ``[a, b)``, ``\\{a, b\\}`` of exact numbers: (brackets, values); sets as ``{}``."""
     s = _DELIMS.sub("", text)
-    if len(s) < 5 or s[0] not in "([" or s[-1] not in ")]":
+    if s.startswith("\\{") and s.endswith("\\}"):
+        s = "{" + s[2:-2] + "}"
+    if len(s) < 3 or s[0] not in "([{" or s[-1] not in ")]}":
         return None
     items = [exact_number(x) for x in _split_top(s[1:-1])]
     if len(items) < 2 or any(x is None for x in items):
@@ -165,28 +171,185 @@ def _sequence(text: str) -> tuple[str, list[Exact]] | None:
     return s[0] + s[-1], items
 
 
+def _plain(text: str) -> tuple[str | None, str, Exact | None, tuple | None]:
+    """(label, value text, exact number, sequence) of an answer, units of degrees and percent aside."""
+    label, value = _unlabel(text)
+    value = _MARK.sub("", value.strip())
+    number = exact_number(value)
+    return label, value, number, None if number is not None else _sequence(value)
+
+
+def is_plain(text: str) -> bool:
+    """An answer ``fast_equal`` decides alone: a number, or a tuple, interval or set of numbers."""
+    _, _, number, seq = _plain(text)
+    return number is not None or seq is not None
+
+
 def _unlabel(text: str) -> tuple[str | None, str]:
     m = _LABEL.match(_DELIMS.sub("", text))
     return (m.group(1), m.group(2)) if m else (None, text)
 
 
-def fast_equal(gold: str, pred: str, decimals: int = 6) -> bool | None:
-    """Equality of two normalised answers decided without sympy, or None when it needs sympy: equal
-    strings, exact numbers (``x = 3`` against ``3`` too), tuples and intervals of exact numbers."""
-    if gold == pred:
-        return True
-    (gold_label, gold_value), (pred_label, pred_value) = _unlabel(gold), _unlabel(pred)
-    if gold_label and pred_label and gold_label != pred_label:
+def _sequences_equal(a: tuple, b: tuple, decimals: int) -> bool | None:
+    (brackets_a, xs), (brackets_b, ys) = a, b
+    if brackets_a == "{}" or brackets_b == "{}":
+        if brackets_a != brackets_b or any(v.decimal for v in xs + ys):
+            return None
+        key = lambda v: (float(v), v.coef, v.radicand)  # noqa: E731
+        return sorted(set(xs), key=key) == sorted(set(ys), key=key)
+    if len(xs) != len(ys):
         return None
-    a, b = exact_number(gold_value), exact_number(pred_value)
-    if a is not None and b is not None:
-        return _numbers_equal(a, b, decimals)
-    if a is not None or b is not None:
-        return None
-    seq_a, seq_b = _sequence(gold_value), _sequence(pred_value)
-    if seq_a is None or seq_b is None or seq_a[0] != seq_b[0] or len(seq_a[1]) != len(seq_b[1]):
-        return None
-    verdicts = [_numbers_equal(x, y, decimals) for x, y in zip(seq_a[1], seq_b[1])]
+    if brackets_a != brackets_b:  # [1,3) is not (1,3); longer lists with other brackets: ask sympy
+        return False if len(xs) == 2 else None
+    verdicts = [_numbers_equal(x, y, decimals) for x, y in zip(xs, ys)]
     if all(v is True for v in verdicts):
         return True
     return False if False in verdicts else None
+
+
+def fast_equal(gold: str, pred: str, decimals: int = 6) -> bool | None:
+    """Equality of two normalised answers decided without sympy, or None when it needs sympy: equal
+    strings, exact numbers (``x = 3`` against ``3``, ``30^\\circ`` against ``30``), tuples, intervals
+    and sets of exact numbers."""
+    if gold == pred:
+        return True
+    if gold.rstrip().endswith("%") != pred.rstrip().endswith("%"):
+        return None  # 50% is both 50 and 0.5: math-verify's rule
+    (gold_label, _, a, seq_a), (pred_label, _, b, seq_b) = _plain(gold), _plain(pred)
+    if gold_label and pred_label and gold_label != pred_label:
+        return None
+    if a is not None and b is not None:
+        return _numbers_equal(a, b, decimals)
+    if seq_a is not None and seq_b is not None:
+        return _sequences_equal(seq_a, seq_b, decimals)
+    if a is None and b is None and seq_a is None and seq_b is None and "=" not in gold + pred:
+        return poly_equal(gold, pred)
+    return None
+
+
+# -- polynomials and rational functions of one variable, compared exactly at sample points ----------------
+
+_POLY_CHARS = re.compile(r"^[0-9a-z+\-*/^(){}. ]+$")
+_POLY_TOKEN = re.compile(r"\s*(?:(\d+)|([a-z])|(\*\*|[+\-*/^(){}]))")
+_PROBES = [Fraction(2), Fraction(3), Fraction(5), Fraction(-7), Fraction(11, 3), Fraction(-5, 2), Fraction(13),
+           Fraction(17, 7), Fraction(-19, 5), Fraction(23), Fraction(29, 11), Fraction(-31)]  # fmt: skip
+_MAX_EXPONENT = 12
+
+
+class _NotPoly(Exception):
+    pass
+
+
+def _tokens(text: str) -> list[str]:
+    out, pos = [], 0
+    text = text.replace("\\cdot", "*").replace("\\left", "").replace("\\right", "").replace(" ", "")
+    while pos < len(text):
+        m = _POLY_TOKEN.match(text, pos)
+        if not m:
+            raise _NotPoly
+        out.append(m.group(0).strip())
+        pos = m.end()
+    return ["^" if t == "**" else t for t in out]
+
+
+class _Poly:
+    """Evaluates a token list at ``x`` (exact), and bounds its degree: sums for products and quotients."""
+
+    def __init__(self, tokens: list[str], var: str) -> None:
+        self.tokens, self.var, self.i = tokens, var, 0
+
+    def peek(self) -> str | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def take(self) -> str:
+        self.i += 1
+        return self.tokens[self.i - 1]
+
+    def expr(self, x: Fraction) -> tuple[Fraction, int]:
+        value, degree = self.term(x)
+        while self.peek() in ("+", "-"):
+            sign = self.take()
+            v, d = self.term(x)
+            value, degree = (value + v if sign == "+" else value - v), max(degree, d)
+        return value, degree
+
+    def term(self, x: Fraction) -> tuple[Fraction, int]:
+        value, degree = self.factor(x)
+        while self.peek() is not None and (self.peek() in ("*", "/") or self.peek() in ("(", "{", self.var)
+                                           or self.peek().isdigit()):  # fmt: skip
+            op = self.take() if self.peek() in ("*", "/") else "*"  # 2x, 3(x+1), (x+1)(x-1): implicit products
+            v, d = self.factor(x)
+            if op == "/":
+                if v == 0:
+                    raise ZeroDivisionError
+                value /= v
+            else:
+                value *= v
+            degree += d
+        return value, degree
+
+    def factor(self, x: Fraction) -> tuple[Fraction, int]:
+        if self.peek() in ("-", "+"):
+            sign = self.take()
+            v, d = self.factor(x)
+            return (-v if sign == "-" else v), d
+        value, degree = self.atom(x)
+        if self.peek() == "^":
+            self.take()
+            exponent, exp_degree = self.atom(x)
+            if exp_degree or exponent.denominator != 1 or not 0 <= exponent <= _MAX_EXPONENT:
+                raise _NotPoly
+            value, degree = value ** int(exponent), degree * int(exponent)
+        return value, degree
+
+    def atom(self, x: Fraction) -> tuple[Fraction, int]:
+        token = self.take() if self.peek() is not None else None
+        if token is None:
+            raise _NotPoly
+        if token.isdigit():
+            return Fraction(int(token)), 0
+        if token == self.var:
+            return x, 1
+        if token in ("(", "{"):
+            value = self.expr(x)
+            if self.peek() != (")" if token == "(" else "}"):
+                raise _NotPoly
+            self.take()
+            return value
+        raise _NotPoly
+
+
+def _evaluate(tokens: list[str], var: str, x: Fraction) -> tuple[Fraction, int]:
+    parser = _Poly(tokens, var)
+    value = parser.expr(x)
+    if parser.i != len(tokens):
+        raise _NotPoly
+    return value
+
+
+def poly_equal(gold: str, pred: str) -> bool | None:
+    """Two polynomials / rational functions of the same one variable (``x^2+14x+49``, ``(x+7)^2``),
+    compared exactly at more points than their degrees allow to agree by chance; None otherwise."""
+    gold, pred = _DELIMS.sub("", gold), _DELIMS.sub("", pred)
+    if "\\" in gold.replace("\\cdot", "") or "\\" in pred.replace("\\cdot", ""):
+        return None
+    if not (_POLY_CHARS.match(gold) and _POLY_CHARS.match(pred)) or len(gold) + len(pred) > 200:
+        return None
+    letters = set(re.findall(r"[a-z]", gold + pred.replace("cdot", "")))
+    if len(letters) != 1 or letters & {"e", "i"}:  # e and i may be constants to math-verify
+        return None
+    var = letters.pop()
+    try:
+        g_tokens, p_tokens = _tokens(gold), _tokens(pred)
+        agreed = 0
+        for x in _PROBES:
+            try:
+                (g, g_degree), (p, p_degree) = _evaluate(g_tokens, var, x), _evaluate(p_tokens, var, x)
+            except ZeroDivisionError:
+                continue
+            if g != p:
+                return False
+            agreed += 1
+        return True if agreed > g_degree + p_degree and agreed >= 6 else None
+    except (_NotPoly, IndexError, UnboundLocalError):
+        return None
