@@ -137,8 +137,8 @@ def test_math_accuracy_scores_none_when_the_verifier_raises(monkeypatch):
 
     monkeypatch.setattr(math_verify, "verify", broken)
     # an equivalence only the symbolic check can see (no string or numeric fast path decides it)
-    scores = load_reward("math_accuracy")(prompts=["p"], completions=["<answer>(x+1)^2</answer>"],
-                                          answer=["x^2+2x+1"])  # fmt: skip
+    scores = load_reward("math_accuracy")(prompts=["p"], completions=["<answer>\\sec^2(y)</answer>"],
+                                          answer=["\\tan^2(y)+1"])  # fmt: skip
     assert scores == [None]
 
 
