@@ -210,7 +210,9 @@ class Reward(Protocol):
     Dataset columns (``answer``, ``images``, ``id``, ``completion_ids``, ...) arrive as keyword lists, and
     ``trainer_state`` as TRL passes it. Options from the stage file are the function's own keyword
     parameters. ``conversational = True`` on the function asks for TRL's conversational completions
-    (``[[{"role": "assistant", "content": text}], ...]``) instead of strings.
+    (``[[{"role": "assistant", "content": text}], ...]``) instead of strings. Worker processes call a
+    reward one sample at a time (so a time limit costs only the slow sample); ``batched = True`` asks
+    for one call per worker's chunk instead (a remote scorer taking a batch per request).
     """
 
     def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]: ...

@@ -20,7 +20,7 @@ def items(message: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def message_text(message: dict[str, Any]) -> str:
-    return " ".join(i.get("text", "") for i in items(message) if i.get("type") == "text")
+    return "\n".join(i.get("text", "") for i in items(message) if i.get("type") == "text")
 
 
 def user_text(messages: list[dict[str, Any]]) -> str:

@@ -43,6 +43,9 @@ def _worker(conn, fn, parent_end) -> None:
         if msg is None:
             return
         prompts, completions, columns = msg
+        if getattr(fn, "batched", False):  # one call for the chunk (a remote judge): one reply for all of it
+            _reply_once(conn, fn, prompts, completions, columns)
+            continue
         for i in range(len(completions)):  # one call and one reply per sample: a hang costs only its sample
             try:
                 one = {k: [v[i]] for k, v in columns.items()}
@@ -55,6 +58,17 @@ def _worker(conn, fn, parent_end) -> None:
                 tb = traceback.extract_tb(exc.__traceback__)
                 where = f" ({tb[-1].filename}:{tb[-1].lineno})" if tb else ""
                 conn.send(("error", f"{type(exc).__name__}: {exc}{where}"))
+
+
+def _reply_once(conn, fn, prompts, completions, columns) -> None:
+    try:
+        out = fn(prompts=prompts, completions=completions, **columns)
+        conn.send(("ok", list(out) if out is not None else None))
+    except RewardError as exc:
+        conn.send(("fatal", str(exc)))
+    except BaseException as exc:
+        tb = traceback.extract_tb(exc.__traceback__)
+        conn.send(("error", f"{type(exc).__name__}: {exc}" + (f" ({tb[-1].filename}:{tb[-1].lineno})" if tb else "")))
 
 
 def default_workers() -> int:
@@ -150,6 +164,8 @@ class RewardWorkers:
         )
 
     def score(self, prompts: list, completions: list[str], columns: dict[str, list]) -> list[float | None]:
+        if getattr(self.procs[0].fn, "batched", False):
+            return self._score_chunks(prompts, completions, columns)
         n = len(completions)
         scores: list[float | None] = [None] * n
         todo: dict[_Process, list[int]] = {}
@@ -182,6 +198,31 @@ class RewardWorkers:
             for proc in todo:  # replies still in flight must not leak into the next batch
                 proc.kill()
             raise
+        self.stats.not_applicable += sum(s is None for s in scores)
+        return scores
+
+    def _score_chunks(self, prompts: list, completions: list[str], columns: dict[str, list]) -> list[float | None]:
+        """A ``batched`` reward: one call per chunk, ``timeout_s`` per sample of it; a chunk that fails or
+        times out scores all its samples ``None`` or 0 (counted per sample)."""
+        n = len(completions)
+        chunks = [c for c in (list(range(n))[w :: len(self.procs)] for w in range(len(self.procs))) if c]
+        start = time.monotonic()
+        for proc, idx in zip(self.procs, chunks):
+            proc.send(self._part(prompts, completions, columns, idx))
+        scores: list[float | None] = [None] * n
+        for proc, idx in zip(self.procs, chunks):
+            if not proc.conn.poll(max(0.0, start + self.timeout_s * len(idx) - time.monotonic())):
+                proc.kill()
+                for i in idx:
+                    scores[i] = self._timed_out(i, columns)
+                continue
+            status, value = proc.read()
+            if status == "ok":
+                for i, v in zip(idx, self._check(value, len(idx))):
+                    scores[i] = v
+            else:
+                for i in idx:
+                    scores[i] = self._reply(proc, i, status, value, columns)
         self.stats.not_applicable += sum(s is None for s in scores)
         return scores
 
@@ -237,6 +278,7 @@ class _TRLCall:
 
     def __init__(self, fn: Any, conversational: bool) -> None:
         self.fn, self.conversational = fn, conversational
+        self.batched = getattr(getattr(fn, "func", fn), "batched", False) is True  # declared by the reward
         try:
             params = inspect.signature(fn).parameters.values()
             self.takes_state = any(p.name == "trainer_state" or p.kind is p.VAR_KEYWORD for p in params)

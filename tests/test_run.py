@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from helper_plugins import TestRewardsPlugin
 
@@ -89,6 +90,15 @@ def test_run_writes_outputs_and_rerun_skips_finished_stages(tiny_text, tmp_path)
     samples = read_jsonl(rl / "samples.jsonl")
     assert {"step", "id", "prompt", "completion", "reward", "rewards", "answer"} <= set(samples[0])
     assert samples[0]["prompt"].startswith("What is ")
+    for row in rows:  # the logged figures agree with the samples they summarise
+        step = [x for x in samples if x["step"] == row["step"]]
+        assert len(step) == 4  # 2 prompts x group of 2, all kept
+        for x in step:  # the total is the weighted sum (weights 1) of the rewards that applied
+            assert x["reward"] == pytest.approx(sum(v for v in x["rewards"].values() if v is not None))
+        assert row["reward/mean"] == pytest.approx(sum(x["reward"] for x in step) / 4)
+        assert row["reward/math_accuracy"] == pytest.approx(sum(x["rewards"]["math_accuracy"] for x in step) / 4)
+        assert 1 <= row["response_length"] <= 6 and row["entropy"] > 0
+        assert row["step_s"] >= row["generation_s"] > 0 and row["tokens_per_s"] > 0
     assert list((rl / "tensorboard").glob("events.out.tfevents.*"))
     final = rl / "final"
     assert (final / "model.safetensors").exists()
@@ -131,7 +141,7 @@ def test_a_failing_stage_keeps_earlier_outputs(tiny_text, tmp_path, plugin):
     f = write(tmp_path, tiny_text, rewards="{name: wrong_length}")
     result = lmmr1("run", f)
     assert result.exit_code == 2
-    assert re.search(r"error: reward 'wrong_length' returned 1 scores for \d completions", result.output)
+    assert re.search(r"error: reward 'wrong_length' returned \d scores for \d completions", result.output)
     assert "Traceback" not in result.output
     assert (tmp_path / "runs/small/warm/final/model.safetensors").exists()
 

@@ -8,7 +8,7 @@ import pytest
 
 from lmmr1_core import load_reward
 from lmmr1_core.errors import RewardError
-from lmmr1_core.rewards import RewardSet
+from lmmr1_core.rewards import LoadedReward, RewardSet
 
 
 def score(name, completion, gold, **cols):
@@ -166,12 +166,14 @@ def test_http_reward_posts_the_batch_and_retries(server):
 
 
 def test_http_reward_in_worker_processes(server):
-    rs = RewardSet([("http", load_reward("http_reward", url=server), 1.0, 5.0, 2)])
+    rs = RewardSet([LoadedReward("http", load_reward("http_reward", url=server), 1.0, 5.0, 2)])
     try:
         totals, _ = rs(["p"] * 3, ["1", "2", "3"], {"answer": ["1", "0", "3"], "id": ["a", "b", "c"]})
     finally:
         rs.close()
     assert totals == [1.0, 0.0, 1.0]
+    # http_reward declares itself batched: one request per worker's chunk, not one per sample
+    assert sorted(len(c["completions"]) for c in _Scorer.calls) == [1, 2]
 
 
 def test_http_reward_server_down_is_a_clear_error():
@@ -183,7 +185,7 @@ def test_http_reward_server_down_is_a_clear_error():
     reward = load_reward("http_reward", url=f"http://127.0.0.1:{port}/", retries=1, backoff_s=0.01)
     with pytest.raises(RewardError, match=r"unreachable after 2 tries"):
         reward(prompts=["p"], completions=["x"], answer=["x"])
-    rs = RewardSet([("http", reward, 1.0, 5.0, 1)])
+    rs = RewardSet([LoadedReward("http", reward, 1.0, 5.0, 1)])
     try:
         with pytest.raises(RewardError, match=r"reward 'http': http_reward: .* unreachable"):
             rs(["p"], ["x"], {"answer": ["x"], "id": ["a"]})
@@ -194,7 +196,8 @@ def test_http_reward_server_down_is_a_clear_error():
 def test_batches_are_verified_in_parallel_worker_processes():
     import os
 
-    rs = RewardSet([("pid", lambda prompts, completions, **kw: [float(os.getpid())] * len(completions), 1.0, 5.0, 2)])
+    pid = lambda prompts, completions, **kw: [float(os.getpid())] * len(completions)  # noqa: E731
+    rs = RewardSet([LoadedReward("pid", pid, 1.0, 5.0, 2)])
     try:
         _, per = rs(["p"] * 4, ["a"] * 4, {"id": list("abcd")})
     finally:

@@ -101,6 +101,50 @@ def _text_config(vocab: int, hidden: int, layers: int) -> dict:
     )
 
 
+def _vl_model(text: dict, ids: dict[str, int], hidden: int, tmp: Path):
+    """A tiny Qwen2.5-VL (real classes, small sizes) whose processor and chat template are written to ``tmp``."""
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLImageProcessorPil,
+    )
+
+    head = 32
+    section = [head // 8, head * 3 // 16, head * 3 // 16]  # sums to head/2, as Qwen's [16,24,24]
+    text["rope_parameters"] = {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "mrope_section": section,
+    }
+    cfg = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=dict(
+            depth=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_heads=2,
+            out_hidden_size=hidden,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[1],
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        bos_token_id=None,
+        eos_token_id=ids["<|im_end|>"],
+        tie_word_embeddings=True,
+    )
+    model = Qwen2_5_VLForConditionalGeneration(cfg)
+    proc = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
+    proc.save_pretrained(str(tmp))
+    (tmp / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}))
+    return model
+
+
 def build_tiny_model(
     out_dir: str | Path,
     kind: Literal["text", "vl"] = "text",
@@ -131,45 +175,7 @@ def build_tiny_model(
             cfg = Qwen2Config(**text)
             model = Qwen2ForCausalLM(cfg)
         else:
-            from transformers import (
-                Qwen2_5_VLConfig,
-                Qwen2_5_VLForConditionalGeneration,
-                Qwen2VLImageProcessorPil,
-            )
-
-            head = 32
-            section = [head // 8, head * 3 // 16, head * 3 // 16]  # sums to head/2, as Qwen's [16,24,24]
-            text["rope_parameters"] = {
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": section,
-            }
-            cfg = Qwen2_5_VLConfig(
-                text_config=text,
-                vision_config=dict(
-                    depth=2,
-                    hidden_size=64,
-                    intermediate_size=128,
-                    num_heads=2,
-                    out_hidden_size=hidden,
-                    patch_size=14,
-                    spatial_merge_size=2,
-                    temporal_patch_size=2,
-                    window_size=112,
-                    fullatt_block_indexes=[1],
-                ),
-                image_token_id=ids["<|image_pad|>"],
-                video_token_id=ids["<|video_pad|>"],
-                vision_start_token_id=ids["<|vision_start|>"],
-                vision_end_token_id=ids["<|vision_end|>"],
-                bos_token_id=None,
-                eos_token_id=ids["<|im_end|>"],
-                tie_word_embeddings=True,
-            )
-            model = Qwen2_5_VLForConditionalGeneration(cfg)
-            proc = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
-            proc.save_pretrained(str(tmp))
-            (tmp / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}))
+            model = _vl_model(text, ids, hidden, tmp)
         model.generation_config = GenerationConfig(
             eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
             pad_token_id=ids["<|endoftext|>"],

@@ -12,6 +12,8 @@ from lmmr1_core import hookimpl
 
 # dataset columns these rewards read (the rest of their keyword parameters are stage-file options)
 choice_accuracy.columns = geometry_answer.columns = ("options", "choices")
+# http_reward sends a whole chunk in one request: called once per chunk, not once per sample
+http_reward.batched = True
 
 
 @hookimpl

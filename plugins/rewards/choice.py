@@ -10,6 +10,8 @@ from typing import Any
 
 from lmmr1_plugins.rewards.answer import HEDGE_WORD, final_answer
 
+from lmmr1_core.prompts import message_text
+
 LETTERS = "ABCDEFGH"
 _LETTER_ONLY = re.compile(r"^\s*\(?([A-H])\)?\s*[.:)]?\s*$")
 _LETTER_LEAD = re.compile(r"^\s*\(?([A-H])[.:)]\s+\S")  # "B. 45°", "(B) 45°", "B: 45°"
@@ -41,14 +43,7 @@ def options_map(options: Any, prompt: Any = None) -> dict[str, str]:
 def _prompt_text(prompt: Any) -> str:
     if isinstance(prompt, str):
         return prompt
-    parts = []
-    for message in prompt or []:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts += [item.get("text", "") for item in content if isinstance(item, dict)]
-    return "\n".join(parts)
+    return "\n".join(message_text(m) for m in prompt or [] if isinstance(m, dict))
 
 
 def _single(letter: str, rest: str, options: dict[str, str]) -> str | None:
