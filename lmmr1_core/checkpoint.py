@@ -66,13 +66,66 @@ def prune_checkpoints(stage_dir: Path, keep: int = 1) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as JSON-able lists (python, numpy) and tensors (torch, CUDA)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.pt"
+
+
+def write_trainer_state(directory: Path, plain: dict[str, Any], tensors: dict[str, Any]) -> None:
+    """Trainer state that cannot run code when read: ``plain`` (numbers, strings, lists) as JSON, ``tensors``
+    (optimizer and scheduler state, torch RNG: tensors in dicts and lists) through ``torch.save``, read back
+    with ``weights_only=True``."""
+    import json
+
+    rng = rng_state()
+    plain = {**plain, "format": 2, "rng": {k: rng[k] for k in ("python", "numpy")}}
+    tensors = {**tensors, "rng": {k: v for k, v in rng.items() if k not in ("python", "numpy")}}
+    (Path(directory) / STATE_JSON).write_text(json.dumps(plain))
+    torch.save(tensors, Path(directory) / STATE_TENSORS)
+
+
+def read_trainer_state(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(plain, tensors) as written above; never unpickles an object (a planted pickle is refused)."""
+    import json
+    import pickle
+
+    from lmmr1_core.errors import LmmError
+
+    directory = Path(directory)
+    if not (directory / STATE_JSON).exists():
+        raise LmmError(f"{directory}: a checkpoint from an older lmmr1 (its trainer state is a pickle, which this "
+                       "version never loads: unpickling can run code). Rerun with --fresh to start the stage over, "
+                       "or delete this checkpoint to resume from an earlier one")  # fmt: skip
+    try:
+        plain = json.loads((directory / STATE_JSON).read_text())
+        tensors = torch.load(directory / STATE_TENSORS, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LmmError(f"{directory}: refused to load its trainer state: it holds something other than tensors, "
+                       f"numbers and text ({reason[:200]})") from None  # fmt: skip
+    set_rng_state({**plain["rng"], **tensors["rng"]})
+    return plain, tensors
 
 
 def seed_everything(seed: int) -> None:

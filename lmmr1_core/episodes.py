@@ -17,6 +17,7 @@ import torch
 
 from lmmr1_core import Sample, load_env
 from lmmr1_core.prompts import build_messages, last_images_view, observation_message
+from lmmr1_core.secrets import resolve
 from lmmr1_core.trainer import StageContext, generate
 
 
@@ -72,7 +73,7 @@ def run_episodes(
     eos = backend.tokenizer.eos_token_id
     episodes = []
     for sample in samples:
-        env = load_env(spec.name, **spec.env_config())
+        env = load_env(spec.name, **resolve(spec.env_config(), f"env {spec.name}"))
         obs = env.reset(sample.meta["env_seed"])
         first = [observation_message(obs, spec.instruction)]
         messages = build_messages(first, cfg.prompt_template, cfg.system_prompt)

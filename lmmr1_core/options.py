@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from lmmr1_core.errors import ConfigError
+from lmmr1_core.secrets import redact
 
 # parameters that are the contract's own, not options
 _RESERVED = {
@@ -107,8 +108,9 @@ def check(kind: str, name: str, obj: Any, given: dict[str, Any], where: str) -> 
             try:
                 TypeAdapter(opt.annotation).validate_python(value)
             except ValidationError:
+                shown = redact({key: value}, getattr(obj, "secrets", ()))[key]  # an error message is a log too
                 raise ConfigError(f"{where}.{key}: {what} expects {_type_name(opt.annotation)}, "
-                                  f"got {value!r}") from None
+                                  f"got {shown!r}") from None
             except Exception:  # an annotation pydantic cannot build a validator for: unchecked
                 pass
     missing = [o.name for o in sch.options.values() if o.default is inspect.Parameter.empty and o.name not in given]

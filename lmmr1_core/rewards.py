@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmmr1_core.errors import RewardError
+from lmmr1_core.secrets import resolve
 
 
 def _worker(conn, fn, parent_end) -> None:
@@ -308,7 +309,7 @@ class RewardSet:
 
         loaded = []
         for r in specs:
-            fn = load_reward(r.name, **r.reward_config())
+            fn = load_reward(r.name, **resolve(r.reward_config(), f"rewards.{r.name}"))  # ${env:...} read now
             conversational = r.completions == "conversational" if r.completions else getattr(
                 getattr(fn, "func", fn), "conversational", False) is True  # fmt: skip
             loaded.append(LoadedReward(r.name, fn, r.weight, r.timeout_s, r.workers, conversational))

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from lmmr1_core import load_dataset, load_model, options
+from lmmr1_core import load_dataset, load_model, options, secrets
 from lmmr1_core.checkpoint import atomic_write_text, latest_checkpoint, truncate_jsonl
 from lmmr1_core.config import RunConfig, StageConfig, stage_order
 from lmmr1_core.contracts import Algorithm
@@ -31,6 +31,40 @@ def _check(kind: str, name: str, key: str, path: str) -> Any:
         return lookup(kind, name).obj
     except LmmError as exc:
         raise ConfigError(f"{path}: {key}: {exc}") from None
+
+
+def _plugin_options(cfg: RunConfig):
+    """(kind, name, options, where) for every plugin the file configures."""
+    if cfg.model.rollout.engine != "backend":
+        yield "rollout_engines", cfg.model.rollout.engine, cfg.model.rollout.engine_config(), "model.rollout"
+    for sname, st in cfg.stages.items():
+        for i, d in enumerate(st.data):
+            yield "datasets", d.dataset, d.loader_config(), f"stages.{sname}.data.{i}"
+        if st.kind == "rl":
+            yield "algorithms", st.algorithm.name, st.algorithm.algorithm_config(), f"stages.{sname}.algorithm"
+        if st.env is not None:
+            yield "envs", st.env.name, st.env.env_config(), f"stages.{sname}.env"
+        for i, r in enumerate(st.rewards):
+            yield "rewards", r.name, r.reward_config(), f"stages.{sname}.rewards.{i}"
+
+
+def declared_secrets(cfg: RunConfig) -> tuple[str, ...]:
+    """The option names the file's plugins declare secret (beyond names that say so, like ``api_key``)."""
+    names: set[str] = set()
+    for kind, name, _, _ in _plugin_options(cfg):
+        try:
+            names |= set(getattr(lookup(kind, name).obj, "secrets", ()))
+        except LmmError:
+            continue
+    return tuple(sorted(names))
+
+
+def check_secrets(cfg: RunConfig, path: str) -> None:
+    """Every ``${env:NAME}`` the file uses is set; a secret written literally gets a warning saying how not to."""
+    for kind, name, opts, where in _plugin_options(cfg):
+        declared = getattr(lookup(kind, name).obj, "secrets", ())
+        secrets.resolve(opts, f"{path}: {where}")
+        secrets.warn_literal(f"{path}: {where}", secrets.literal_secrets(opts, declared))
 
 
 def check_plugins(cfg: RunConfig, path: str) -> None:
@@ -61,6 +95,7 @@ def check_plugins(cfg: RunConfig, path: str) -> None:
         for i, r in enumerate(st.rewards):
             obj = _check("rewards", r.name, f"stages.{sname}.rewards.{i}.name", path)
             options.check("rewards", r.name, obj, r.reward_config(), f"{where}.rewards.{i}")
+    check_secrets(cfg, path)
 
 
 def _check_algorithm(st: StageConfig, where: str, path: str) -> Algorithm:
@@ -115,7 +150,8 @@ def load_stage_data(stage_name: str, stage: StageConfig, path: str) -> list[Samp
     samples: list[Sample] = []
     for i, spec in enumerate(stage.data):
         try:
-            loaded = load_dataset(spec.dataset, **spec.loader_config())
+            opts = secrets.resolve(spec.loader_config(), f"{path}: stages.{stage_name}.data.{i}")
+            loaded = load_dataset(spec.dataset, **opts)
             for s in loaded:
                 s.source = spec.label()
             samples += loaded
@@ -183,7 +219,8 @@ def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None =
         if cfg.model.tiny and not Path(cfg.model.path).exists():
             print(f"building a tiny {cfg.model.tiny} model at {cfg.model.path}", file=sys.stderr)
             build_tiny_model(cfg.model.backend, cfg.model.path, cfg.model.tiny)
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        written = secrets.redact(cfg.model_dump(mode="json"), declared_secrets(cfg))  # never a secret's value
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(written, sort_keys=False))
     hook = get_plugin_manager().hook
     for name in order:
         st = cfg.stages[name]

@@ -17,9 +17,9 @@ from lmmr1_core.checkpoint import (
     atomic_dir,
     latest_checkpoint,
     prune_checkpoints,
-    rng_state,
+    read_trainer_state,
     seed_everything,
-    set_rng_state,
+    write_trainer_state,
 )
 from lmmr1_core.config import RunConfig, StageConfig
 from lmmr1_core.contracts import Backend, Generator, RolloutEngine
@@ -158,17 +158,10 @@ def save_checkpoint(ctx: StageContext, step: int, optimizer, scheduler, position
         return
     with atomic_dir(final) as tmp:
         ctx.backend.save(tmp)
-        state = {
-            "step": step,
-            "position": position,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_state(),
-            "counters": dict(ctx.counters),
-        }
+        tensors = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         if ctx.critic:
-            state["critic"] = ctx.backend.critic_state()
-        torch.save(state, tmp / "trainer_state.pt")
+            tensors["critic"] = ctx.backend.critic_state()
+        write_trainer_state(tmp, {"step": step, "position": position, "counters": dict(ctx.counters)}, tensors)
     prune_checkpoints(ctx.out_dir, keep=1)
 
 
@@ -182,14 +175,13 @@ def resume(ctx: StageContext, optimizer, scheduler) -> tuple[int, int]:
     if found is None:
         return 0, 0
     step, path = found
-    state = torch.load(path / "trainer_state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    ctx.counters.update(state.get("counters", {}))
+    plain, tensors = read_trainer_state(path)  # also restores every RNG
+    optimizer.load_state_dict(tensors["optimizer"])
+    scheduler.load_state_dict(tensors["scheduler"])
+    ctx.counters.update(plain.get("counters", {}))
     if ctx.critic:
-        ctx.backend.load_critic_state(state["critic"])
-    return step, state["position"]
+        ctx.backend.load_critic_state(tensors["critic"])
+    return step, plain["position"]
 
 
 def save_final(ctx: StageContext) -> Path:

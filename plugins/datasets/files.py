@@ -207,3 +207,27 @@ def hub(
         raise DataError(f"{path}: datasets.load_dataset failed ({type(exc).__name__}: {exc})") from None
     base = Path(path) if Path(path).is_dir() else Path.cwd()
     return _samples(_rows(ds, f"{path}:{split}"), base, limit, path, keys)
+
+
+def _declare_record_keys(loader):
+    """A file loader's options: its own parameters plus the record-field names ``record_to_sample`` takes
+    (its ``**keys``), so a stage file's misspelt key is an error before anything is read."""
+    import inspect
+    import typing
+
+    own = [p for p in inspect.signature(loader).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    keys = [p.replace(kind=p.KEYWORD_ONLY) for n, p in inspect.signature(record_to_sample).parameters.items()
+            if n.endswith("_key")]  # fmt: skip
+
+    def options():  # carries the signature only
+        return None
+
+    options.__signature__ = inspect.Signature([*own, *keys])
+    hints = {**typing.get_type_hints(record_to_sample), **typing.get_type_hints(loader)}
+    options.__annotations__ = {p.name: hints[p.name] for p in [*own, *keys] if p.name in hints}
+    loader.options = options
+    return loader
+
+
+for _loader in (jsonl, json_file, parquet, saved, hub):
+    _declare_record_keys(_loader)

@@ -45,6 +45,18 @@ def _pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return getattr(torch, dtype)
 
 
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""Images larger than this are refused from their header, before decoding (a decompression bomb: a small file
+that decodes to gigabytes). Far above what a VL processor keeps (Qwen2.5-VL: 12.8M pixels at most)."""
+
+
+def _decoded(im, sample_id: str, what: str):
+    if im.width * im.height > MAX_IMAGE_PIXELS:
+        raise DataError(f"sample {sample_id}: {what} is {im.width}x{im.height} pixels, over the limit of "
+                        f"{MAX_IMAGE_PIXELS:,} (refused before decoding)")  # fmt: skip
+    return im.convert("RGB")
+
+
 def _load_image(image: Any, sample_id: str):
     from PIL import Image
 
@@ -55,7 +67,9 @@ def _load_image(image: Any, sample_id: str):
 
         try:
             with Image.open(io.BytesIO(image)) as im:
-                return im.convert("RGB")
+                return _decoded(im, sample_id, "its embedded image")
+        except DataError:
+            raise
         except Exception as exc:
             raise DataError(f"sample {sample_id}: cannot read embedded image bytes: {exc}") from None
     path = str(image)
@@ -63,7 +77,9 @@ def _load_image(image: Any, sample_id: str):
         path = path[len("file://") :]
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return _decoded(im, sample_id, f"image {path}")
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"sample {sample_id}: image file not found: {path}") from None
     except Exception as exc:

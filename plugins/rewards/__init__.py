@@ -14,6 +14,8 @@ from lmmr1_core import hookimpl
 choice_accuracy.columns = geometry_answer.columns = ("options", "choices")
 # http_reward sends a whole chunk in one request: called once per chunk, not once per sample
 http_reward.batched = True
+# options never written down (config.yaml shows *** unless given as ${env:NAME})
+http_reward.secrets, judge_accuracy.secrets = ("headers",), ("api_key",)
 
 
 @hookimpl
