@@ -232,6 +232,23 @@ def episodes_show(run_dir: str, stage: str | None, index: int, out: str | None) 
     click.echo(f"wrote {render_episode(run_dir, stage, index, out)}")
 
 
+@main.group()
+def new() -> None:
+    """Start a plugin package from a template."""
+
+
+@new.command("domain")
+@click.argument("name")
+@click.option("--env", "is_env", is_flag=True, help="a multi-turn env domain (default: a dataset + verifier)")
+@click.option("--dir", "parent", default=".", show_default=True, help="where lmmr1-NAME/ is written")
+def new_domain(name: str, is_env: bool, parent: str) -> None:
+    """Write lmmr1-NAME/: pyproject with the entry point, plugin module, stage file and a test (docs/domains.md)."""
+    from lmmr1_core.domain_template import write_domain
+
+    out = write_domain(name, env=is_env, parent=parent)
+    click.echo(f"wrote {out}; next: cd {out} && pip install -e . && pytest -q tests && lmmr1 run stages/{name}.yaml")
+
+
 @main.command()
 def reference() -> None:
     """Print the stage-file reference (every key, its type, default and meaning) and each plugin's options."""
