@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from PIL import Image
 
@@ -207,7 +208,8 @@ def test_new_domain_writes_a_data_package_whose_code_meets_the_kit(tmp_path, plu
     assert files == ["README.md", "lmmr1_chart_qa/__init__.py", "pyproject.toml", "stages/chart_qa.yaml",
                      "tests/test_chart_qa.py"]  # fmt: skip
     pyproject = (pkg / "pyproject.toml").read_text()
-    assert 'name = "lmmr1-chart-qa"' in pyproject and '[project.entry-points.lmmr1]\nchart_qa = "lmmr1_chart_qa"' in pyproject
+    assert 'name = "lmmr1-chart-qa"' in pyproject
+    assert '[project.entry-points.lmmr1]\nchart_qa = "lmmr1_chart_qa"' in pyproject
     module = plugin(_import(pkg / "lmmr1_chart_qa/__init__.py", "lmmr1_chart_qa"))
     try:
         tests = _import(pkg / "tests/test_chart_qa.py", "test_chart_qa_generated")
@@ -265,42 +267,58 @@ def lmmr1(*args, cwd=None):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
-def test_example_package_installs_tests_and_runs_both_domains(tmp_path):
+@pytest.fixture(scope="module")
+def example_installed():
+    """The example package pip-installed for this module's tests, and uninstalled again."""
     installed = pip("install", "--no-deps", "--quiet", str(EXAMPLE))
     assert installed.returncode == 0, installed.stderr[-2000:]
     try:
-        plugins = lmmr1("plugins", "--json")
-        found = {p["name"]: p for p in json.loads(plugins.stdout)}["domain_example"]
-        assert found["distribution"] == "lmmr1-domain-example"
-        assert found["registered"] == {"datasets": ["bar_charts"], "envs": ["maze"], "rewards": ["chart_answer"]}
-        own = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
-                             capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
-        assert own.returncode == 0 and "3 passed" in own.stdout, own.stdout[-2000:]
-
-        (tmp_path / "stages").mkdir()
-        (tmp_path / "stages/ex.yaml").write_text((EXAMPLE / "stages/domain_example.yaml").read_text())
-        sets = ["stages.fre.steps=1", "stages.mgt_charts.steps=1", "stages.mgt_maze.steps=1",
-                "stages.eval_charts_before.data.0.n=2", "stages.eval_charts_after.data.0.n=2"]  # fmt: skip
-        run = lmmr1("run", "stages/ex.yaml", *(a for s in sets for a in ("--set", s)), cwd=tmp_path)
-        assert run.returncode == 0, run.stderr[-3000:]
-        out = tmp_path / "runs/domain_example"
-        charts = json.loads((out / "eval_charts_after/final/results.json").read_text())
-        assert charts["datasets"]["charts-heldout"]["n"] == 2 and "chart_answer" in charts["overall"]
-        maze = json.loads((out / "eval_maze_after/final/results.json").read_text())
-        assert maze["overall"]["n"] == 2 and maze["overall"]["turns"] == 2.0  # a random model never solves it
-        row = json.loads((out / "mgt_maze/metrics.jsonl").read_text().splitlines()[0])
-        assert {"reward/env/return", "reward/env/success"} <= set(row)
-        assert "eval_charts_before" in run.stderr and "eval_maze_after" in run.stderr  # the before/after view
-
-        view = lmmr1("episodes", "show", out, "--stage", "mgt_maze", "--out", tmp_path / "maze.gif")
-        assert view.returncode == 0, view.stderr
-        episode = json.loads((out / "mgt_maze/samples.jsonl").read_text().splitlines()[0])
-        gif = Image.open(tmp_path / "maze.gif")
-        assert gif.n_frames == 1 + len(episode["responses"]) == 3 and gif.size == (112, 140)
+        yield EXAMPLE
     finally:
         pip("uninstall", "--yes", "--quiet", "lmmr1-domain-example")
     gone = lmmr1("plugins", "--json")
     assert "domain_example" not in {p["name"] for p in json.loads(gone.stdout)}
+
+
+def test_example_package_is_listed_and_passes_its_own_kit_tests(example_installed, tmp_path):
+    plugins = lmmr1("plugins", "--json")
+    found = {p["name"]: p for p in json.loads(plugins.stdout)}["domain_example"]
+    assert found["distribution"] == "lmmr1-domain-example"
+    assert found["registered"] == {"datasets": ["bar_charts"], "envs": ["maze"], "rewards": ["chart_answer"]}
+    own = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
+    assert own.returncode == 0 and "3 passed" in own.stdout, own.stdout[-2000:]
+
+
+def test_example_stage_file_runs_both_domains_and_the_viewer_draws_an_episode(example_installed, tmp_path):
+    # the whole file validates; it runs without FRE and the before-evals (the tutorial's tests run those)
+    stage = tmp_path / "ex.yaml"
+    stage.write_text((EXAMPLE / "stages/domain_example.yaml").read_text())
+    assert lmmr1("validate", stage, cwd=tmp_path).returncode == 0
+    config = yaml.safe_load(stage.read_text())
+    for name in ("fre", "eval_charts_before", "eval_maze_before"):
+        del config["stages"][name]
+    for name in ("mgt_charts", "mgt_maze"):
+        del config["stages"][name]["init_from"]
+        config["stages"][name]["steps"] = 1
+    config["stages"]["eval_charts_after"]["data"][0]["n"] = 2
+    stage.write_text(yaml.safe_dump(config))
+    run = lmmr1("run", stage, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = tmp_path / "runs/domain_example"
+    charts = json.loads((out / "eval_charts_after/final/results.json").read_text())
+    assert charts["datasets"]["charts-heldout"]["n"] == 2 and "chart_answer" in charts["overall"]
+    maze = json.loads((out / "eval_maze_after/final/results.json").read_text())
+    assert maze["overall"]["n"] == 2 and maze["overall"]["turns"] == 2.0  # a random model never solves it
+    row = json.loads((out / "mgt_maze/metrics.jsonl").read_text().splitlines()[0])
+    assert {"reward/env/return", "reward/env/success"} <= set(row)
+    assert "eval_charts_after charts-heldout" in run.stderr  # the closing view of every eval
+
+    view = lmmr1("episodes", "show", out, "--stage", "mgt_maze", "--out", tmp_path / "maze.gif")
+    assert view.returncode == 0, view.stderr
+    episode = json.loads((out / "mgt_maze/samples.jsonl").read_text().splitlines()[0])
+    gif = Image.open(tmp_path / "maze.gif")
+    assert gif.n_frames == 1 + len(episode["responses"]) == 3 and gif.size == (256, 112 + 28)  # a caption under
 
 
 # -- docs/domains.md runs as written --------------------------------------------------------------------------
@@ -373,7 +391,7 @@ def test_tutorial_data_domain_runs_as_written(tmp_path):
     finally:
         cleanup(tmp_path)
     assert pkg.name == "lmmr1-bar-charts"
-    assert len((pkg / "data/charts/data.jsonl").read_text().splitlines()) == 20
+    assert len((pkg / "runs/data/bar_charts-n32-s1/data.jsonl").read_text().splitlines()) == 32
     before = json.loads((pkg / "runs/bar_charts/eval_before/final/results.json").read_text())
     after = json.loads((pkg / "runs/bar_charts/eval_after/final/results.json").read_text())
     assert before["overall"]["n"] == after["overall"]["n"] == 4 and "chart_answer" in after["overall"]
