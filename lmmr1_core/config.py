@@ -51,6 +51,26 @@ class RolloutConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class LoraConfig(_Strict):
+    """LoRA through `peft` (extra `lmmr1[lora]`): the base weights stay frozen and only low-rank adapters train.
+
+    The KL reference is the base with the adapter switched off (no second copy of the model); checkpoints hold
+    the adapter (`adapter/`), and a stage's `final/` also the merged weights, so vLLM, `lmmr1 eval` and a next
+    stage load it like any checkpoint (a next stage trains a fresh adapter on those merged weights).
+    """
+
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: float = Field(32.0, gt=0, description="scaling: the adapter's update is multiplied by alpha / r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] | None = Field(
+        None,
+        description="linear modules to adapt, by name or name suffix; default: the language model's attention and "
+        "MLP projections (q/k/v/o_proj, gate/up/down_proj). Vision-tower modules are adapted only when an entry "
+        "names them (e.g. `visual.blocks.0.attn.qkv`, or any entry containing `visual`): otherwise the vision "
+        "tower stays frozen",
+    )
+
+
 class ModelConfig(_Strict):
     backend: str = Field("hf", description="model backend plugin name (`hf`, `megatron`)")
     path: str = Field(description="local HF directory or hub id of the starting weights")
@@ -67,6 +87,9 @@ class ModelConfig(_Strict):
     tensor_parallel: int = Field(1, ge=1, description="megatron: tensor-parallel size")
     pipeline_parallel: int = Field(1, ge=1, description="megatron: pipeline-parallel size")
     rollout: RolloutConfig = RolloutConfig()
+    lora: LoraConfig | None = Field(
+        None, description="train LoRA adapters instead of all weights (hf backend; `lora: {}` for the defaults)"
+    )
 
 
 class DataSpec(BaseModel):
@@ -219,11 +242,45 @@ class StageConfig(_Strict):
     )
 
 
+class LoggingConfig(_Strict):
+    """Experiment trackers besides metrics.jsonl; one that is missing or fails never stops training.
+
+    Each stage logs its metrics (those of metrics.jsonl), its config (secrets redacted) and its sample tables
+    to every tracker named here, as one tracker run named `<run>/<stage>`. A tracker that is not installed, or
+    that fails, is reported once and dropped."""
+
+    tensorboard: bool = Field(True, description="tensorboard events under `<stage>/tensorboard/`")
+    wandb: dict[str, Any] | None = Field(
+        None,
+        description="Weights & Biases (extra `lmmr1[wandb]`): the keys go to `wandb.init` (project, entity, "
+        "tags, mode, ...; default dir: the stage's directory); `wandb: {}` for the defaults. Offline: "
+        "WANDB_MODE=offline",
+    )
+    trackio: dict[str, Any] | None = Field(
+        None,
+        description="trackio (extra `lmmr1[trackio]`): the keys go to `trackio.init` (project, space_id, ...); "
+        "local by default (TRACKIO_DIR)",
+    )
+    mlflow: dict[str, Any] | None = Field(
+        None,
+        description="MLflow (extra `lmmr1[mlflow]`): keys `tracking_uri` (a server URL, `sqlite:///mlflow.db` with "
+        "the full `mlflow`, or local files `file:./mlruns` with MLFLOW_ALLOW_FILE_STORE=true; default: "
+        "MLFLOW_TRACKING_URI, else mlflow's own; on local files `reward/mean` is logged as `reward.mean`), "
+        "`experiment` (default: the run name) and `tags`",
+    )
+
+    @field_validator("wandb", "trackio", "mlflow", mode="before")
+    @classmethod
+    def _switch(cls, v: Any) -> Any:  # `wandb: true` = the defaults, `false` = off
+        return {} if v is True else (None if v is False else v)
+
+
 class RunConfig(_Strict):
     name: str = Field(description="run name; outputs go to `<output_dir>/<name>/<stage>/`")
     model: ModelConfig
     output_dir: str = "runs"
     stages: dict[str, StageConfig] = Field(min_length=1)
+    logging: LoggingConfig = LoggingConfig()
 
     @field_validator("name")
     @classmethod
@@ -334,6 +391,8 @@ def reference_text() -> str:
         ("top level", RunConfig),
         ("model", ModelConfig),
         ("model.rollout", RolloutConfig),
+        ("model.lora", LoraConfig),
+        ("logging", LoggingConfig),
         ("stages.<name>", StageConfig),
         ("stages.<name>.data[]", DataSpec),
         ("stages.<name>.rewards[]", RewardSpec),

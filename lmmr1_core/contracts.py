@@ -1,7 +1,7 @@
 """What the core asks of a plugin, written once.
 
 Each contract is a ``typing.Protocol``: the members the core calls, nothing more. Optional abilities
-are *declared* in a backend's ``capabilities`` set (``CRITIC``, ``REFERENCE``, ``ROLLOUT_WEIGHTS``)
+are *declared* in a backend's ``capabilities`` set (``CRITIC``, ``REFERENCE``, ``ROLLOUT_WEIGHTS``, ``ADAPTER``)
 and the core checks the set before it asks, so a backend without a critic gets a clear error when a
 stage needs one instead of an ``AttributeError`` mid-step. docs/plugins.md documents every member
 here; tests/test_contracts.py fails when the two drift apart or when a built-in backend misses one.
@@ -25,7 +25,12 @@ REFERENCE = "reference"
 """A frozen reference model for the KL term: ``make_reference`` and ``logprobs(..., reference=True)``."""
 ROLLOUT_WEIGHTS = "rollout_weights"
 """Weights a rollout engine can load: ``is_vl``, ``path``, ``dtype``, ``device``, ``rollout_state_dict()``."""
-CAPABILITIES = (CRITIC, REFERENCE, ROLLOUT_WEIGHTS)
+ADAPTER = "adapter"
+"""The policy trains an adapter (LoRA) over frozen base weights: ``save`` writes the adapter (what resuming
+needs), ``save_merged`` the merged weights as a plain Hugging Face checkpoint (``final/`` gets both). The KL
+reference is the base with the adapter off, and ``path`` holds the base weights (an engine syncs before its
+first rollout)."""
+CAPABILITIES = (CRITIC, REFERENCE, ROLLOUT_WEIGHTS, ADAPTER)
 
 
 class Prompt(Protocol):
@@ -130,6 +135,15 @@ class WithRolloutWeights(Protocol):
     is_vl: bool
 
     def rollout_state_dict(self) -> dict[str, torch.Tensor]: ...
+
+
+class WithAdapter(Protocol):
+    """Declared by ``ADAPTER`` in ``capabilities``."""
+
+    def save_merged(self, out_dir: Any) -> None:
+        """The base plus the adapter as plain Hugging Face weights in ``out_dir`` (beside what ``save`` wrote).
+        Collective under torchrun: non-zero ranks pass None."""
+        ...
 
 
 @runtime_checkable

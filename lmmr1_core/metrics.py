@@ -1,4 +1,5 @@
-"""What a stage writes as it goes: metrics.jsonl, samples.jsonl and tensorboard events."""
+"""What a stage writes as it goes: metrics.jsonl, samples.jsonl, tensorboard events and the experiment trackers
+the stage file names (``logging``: wandb, trackio, mlflow; ``lmmr1_core.trackers``)."""
 
 from __future__ import annotations
 
@@ -21,13 +22,15 @@ def main_process() -> bool:
 
 
 class RunLog:
-    """Appends one JSON object per step; lines past a resumed checkpoint were truncated before.
+    """Appends one JSON object per step; lines past a resumed checkpoint were truncated before. The same
+    metrics and sample rows go to tensorboard (unless ``logging.tensorboard`` is off) and to each tracker
+    ``logging`` names, which get ``config`` (already redacted) when they open a run named ``<run>/<stage>``.
 
     On a rank other than 0 (``torchrun``) it writes nothing.
     """
 
-    def __init__(self, stage_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+    def __init__(self, stage_dir: Path, logging: Any = None, run: str = "", config: dict[str, Any] | None = None):
+        from lmmr1_core.trackers import Trackers
 
         self.enabled = main_process()
         self.dir = Path(stage_dir)
@@ -36,7 +39,12 @@ class RunLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._metrics = open(self.dir / "metrics.jsonl", "a")
         self._samples = open(self.dir / "samples.jsonl", "a")
-        self._tb = SummaryWriter(str(self.dir / "tensorboard"))
+        self._tb = None
+        if logging is None or logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.dir / "tensorboard"))
+        self.trackers = Trackers(logging, run or self.dir.parent.name, self.dir.name, self.dir, config or {})
 
     def metrics(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -44,9 +52,12 @@ class RunLog:
         record = {"step": step, **{k: _clean(v) for k, v in values.items()}}
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
-        for k, v in record.items():
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+        numbers = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))
+                   and not isinstance(v, bool)}  # fmt: skip
+        if self._tb is not None:
+            for k, v in numbers.items():
                 self._tb.add_scalar(k, v, step)
+        self.trackers.log(step, numbers)
 
     def samples(self, step: int, rows: list[dict[str, Any]]) -> None:
         if not self.enabled:
@@ -54,10 +65,13 @@ class RunLog:
         for row in rows:
             self._samples.write(json.dumps({"step": step, **row}, default=str) + "\n")
         self._samples.flush()
+        self.trackers.table(step, rows)
 
     def close(self) -> None:
         if not self.enabled:
             return
         self._metrics.close()
         self._samples.close()
-        self._tb.close()
+        if self._tb is not None:
+            self._tb.close()
+        self.trackers.finish()

@@ -16,6 +16,7 @@ from lmmr1_core.config import RunConfig, StageConfig, stage_order
 from lmmr1_core.contracts import Algorithm
 from lmmr1_core.errors import ConfigError, DataError, LmmError
 from lmmr1_core.metrics import RunLog, main_process
+from lmmr1_core.model_card import redacted_config, refresh_model_card
 from lmmr1_core.plugins import get_plugin_manager, lookup
 from lmmr1_core.trainer import StageContext
 from lmmr1_core.types import Sample
@@ -186,6 +187,8 @@ def _model_kwargs(cfg: RunConfig, path: str) -> dict[str, Any]:
             kw[key] = getattr(m, key)
     if m.gradient_checkpointing:
         kw["gradient_checkpointing"] = True
+    if m.lora is not None:
+        kw["lora"] = m.lora.model_dump()
     for key in ("tensor_parallel", "pipeline_parallel"):  # the megatron backend's model split
         if getattr(m, key) != 1:
             kw[key] = getattr(m, key)
@@ -246,7 +249,7 @@ def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None =
         if cfg.model.rollout.engine != "backend":
             engine = lookup("rollout_engines", cfg.model.rollout.engine).obj(backend, cfg.model, st)
         ctx = StageContext(name, st, cfg, out, backend, samples, init, hook, engine=engine)
-        ctx.log = RunLog(out)
+        ctx.log = RunLog(out, cfg.logging, cfg.name, redacted_config(cfg, name) if main_process() else None)
         try:
             hook.on_stage_start(stage=name, config=st, output_dir=str(out))
             lookup("stages", st.kind).obj(ctx)
@@ -256,6 +259,8 @@ def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None =
                 engine.close()
             backend.close()
         hook.on_stage_end(stage=name, output_dir=str(out), metrics=dict(ctx.counters))
+        if st.init_from and main_process():  # an eval of init_from's weights: its card lists the results
+            refresh_model_card(cfg, st.init_from, run_dir)
         print(f"stage {name}: done -> {out / 'final'}", file=sys.stderr)
         del ctx, backend
         gc.collect()

@@ -22,9 +22,10 @@ from lmmr1_core.checkpoint import (
     write_trainer_state,
 )
 from lmmr1_core.config import RunConfig, StageConfig
-from lmmr1_core.contracts import Backend, Generator, RolloutEngine
+from lmmr1_core.contracts import ADAPTER, Backend, Generator, RolloutEngine
 from lmmr1_core.errors import DataError
 from lmmr1_core.metrics import RunLog, main_process
+from lmmr1_core.model_card import write_model_card
 from lmmr1_core.prompts import build_messages
 from lmmr1_core.types import Sample
 
@@ -185,13 +186,20 @@ def resume(ctx: StageContext, optimizer, scheduler) -> tuple[int, int]:
 
 
 def save_final(ctx: StageContext) -> Path:
-    """The stage's result: an HF checkpoint at ``final/``; its presence marks the stage done."""
+    """The stage's result: an HF checkpoint at ``final/`` with its model card (README.md); its presence marks
+    the stage done. An adapter backend (LoRA) writes its adapter and the merged weights, which load anywhere."""
     final = ctx.out_dir / "final"
+    adapter = ADAPTER in ctx.backend.capabilities
     if not main_process():  # torchrun: the other ranks take part in gathering the weights
         ctx.backend.save(None)
+        if adapter:
+            ctx.backend.save_merged(None)
         return final
     with atomic_dir(final) as tmp:
         ctx.backend.save(tmp)
+        if adapter:
+            ctx.backend.save_merged(tmp)
+        write_model_card(tmp, ctx.run, ctx.name, ctx.out_dir.parent)
     prune_checkpoints(ctx.out_dir, keep=0)
     return final
 

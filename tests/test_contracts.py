@@ -14,9 +14,11 @@ from lmmr1_core.plugins import registry
 
 ROOT = Path(__file__).parent.parent
 PROTOCOLS = [contracts.Backend, contracts.WithReference, contracts.WithCritic, contracts.WithRolloutWeights,
-             contracts.RolloutEngine, contracts.Algorithm, contracts.Env, contracts.Reward]  # fmt: skip
+             contracts.WithAdapter, contracts.RolloutEngine, contracts.Algorithm, contracts.Env,
+             contracts.Reward]  # fmt: skip
 CAPABILITY_PROTOCOL = {contracts.REFERENCE: contracts.WithReference, contracts.CRITIC: contracts.WithCritic,
-                       contracts.ROLLOUT_WEIGHTS: contracts.WithRolloutWeights}  # fmt: skip
+                       contracts.ROLLOUT_WEIGHTS: contracts.WithRolloutWeights,
+                       contracts.ADAPTER: contracts.WithAdapter}  # fmt: skip
 
 
 def members(proto) -> set[str]:
@@ -85,8 +87,8 @@ def test_the_hf_backend_meets_the_backend_contract(tiny_text):
     backend = load_model("hf", path=str(tiny_text), device="cpu")
     assert isinstance(backend, contracts.Backend)
     assert _missing(backend, contracts.Backend) == []
-    assert set(backend.capabilities) == set(contracts.CAPABILITIES)
-    for cap in backend.capabilities:
+    assert set(backend.capabilities) == set(contracts.CAPABILITIES) - {contracts.ADAPTER}  # adapter: with lora
+    for cap in contracts.CAPABILITIES:
         assert _missing(backend, CAPABILITY_PROTOCOL[cap]) == [], cap
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from lmmr1_core.contracts import CRITIC, REFERENCE, ROLLOUT_WEIGHTS
+from lmmr1_core.contracts import ADAPTER, CRITIC, REFERENCE, ROLLOUT_WEIGHTS
 from lmmr1_core.errors import ConfigError, DataError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
@@ -124,11 +124,12 @@ class HFBackend:
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         gradient_checkpointing: bool = False,
+        lora: dict[str, Any] | None = None,
         **unused: Any,
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
-        self.path = str(path)
+        self.path = self.checkpoint_dir = str(path)
         self.device = _pick_device(device)
         self.dtype = _pick_dtype(dtype, self.device)
         config = AutoConfig.from_pretrained(self.path)
@@ -150,11 +151,14 @@ class HFBackend:
             for i in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None))
             if i is not None
         ]
-        self.model = AutoModel.from_pretrained(self.path, dtype=self.dtype).to(self.device)
+        self._load_model(AutoModel, lora)
         self.source_dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+            if self.peft is not None:  # frozen embeddings: checkpointed blocks still need an input with grad
+                self.model.enable_input_require_grads()
         self.reference: torch.nn.Module | None = None
+        self._reference_is_base = False  # LoRA: the reference is the model with its adapter off
         self.critic: torch.nn.Module | None = None
         gen = self.model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
@@ -165,6 +169,29 @@ class HFBackend:
             self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else next(iter(self.eos_ids))
 
     # -- loading ---------------------------------------------------------------------------------
+
+    def _load_model(self, auto_model, lora: dict[str, Any] | None) -> None:
+        """``self.model``; with ``lora`` an adapter is injected (``self.peft``: the ``PeftModel`` around it).
+
+        A directory holding only an adapter (a LoRA checkpoint) loads the weights it names plus the adapter:
+        it trains on with ``lora``, and is merged into the weights without. ``self.path`` is then those base
+        weights (what a rollout engine loads; the KL reference).
+        """
+        from lmmr1_plugins.models import lora as lora_mod
+
+        base = lora_mod.adapter_base(self.path)
+        self.path = base or self.path
+        self.model = auto_model.from_pretrained(self.path, dtype=self.dtype).to(self.device)
+        self.peft = None
+        if base is not None:
+            self.peft = lora_mod.load_adapter(self.model, self.checkpoint_dir, trainable=lora is not None)
+            if lora is None:
+                self.model = self.peft.merge_and_unload()
+                self.peft = None
+        elif lora is not None:
+            self.peft = lora_mod.wrap(self.model, lora, self.path)
+        if self.peft is not None:
+            self.capabilities = type(self).capabilities | {ADAPTER}
 
     def _chat_template_json(self) -> str | None:
         p = Path(self.path) / "chat_template.json"
@@ -316,7 +343,12 @@ class HFBackend:
         return completions, [row[: len(c)] for row, c in zip(logp.tolist(), completions)]
 
     def rollout_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights a rollout engine loads, under Hugging Face names (tied weights included)."""
+        """The weights a rollout engine loads, under Hugging Face names (tied weights included); with LoRA the
+        adapter merged in."""
+        if self.peft is not None:
+            from lmmr1_plugins.models.lora import merged_state_dict
+
+            return merged_state_dict(self.model)
         return self.model.state_dict()
 
     def logprobs(
@@ -328,9 +360,15 @@ class HFBackend:
         with_entropy: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs of each completion: ``(logp [B, T], mask [B, T], entropy | None)``."""
+        if reference and self.reference is None and self._reference_is_base:
+            with self.peft.disable_adapter():  # LoRA: the base weights are the reference
+                return self._logprobs(self.model, prompts, completions, temperature, with_entropy)
         model = self.reference if reference else self.model
         if model is None:
             raise RuntimeError("no reference model: call make_reference() first")
+        return self._logprobs(model, prompts, completions, temperature, with_entropy)
+
+    def _logprobs(self, model, prompts, completions, temperature: float, with_entropy: bool):
         batch = self._batch(prompts, completions)
         T = max(len(c) for c in completions)
         logits = model(**batch, use_cache=False, logits_to_keep=T + 1).logits[:, :-1]
@@ -350,7 +388,11 @@ class HFBackend:
         """Nothing beyond what garbage collection frees."""
 
     def make_reference(self, path: str | None = None) -> None:
-        """A frozen model for the KL term: the weights at ``path``, or a copy of the current policy."""
+        """A frozen model for the KL term: the weights at ``path``, or a copy of the current policy. With LoRA
+        and ``path`` the base weights, no copy: the base is the model with its adapter off."""
+        if self.peft is not None and (path is None or Path(path) == Path(self.path)):
+            self._reference_is_base = True
+            return
         if path is None or Path(path) == Path(self.path):
             self.reference = copy.deepcopy(self.model)
         else:
@@ -419,17 +461,38 @@ class HFBackend:
     def save(self, out_dir: str | Path) -> None:
         """Write an HF checkpoint that keeps the source's config, tokenizer and processor files verbatim.
 
-        vLLM and transformers then load it exactly as they load the original checkpoint.
+        vLLM and transformers then load it exactly as they load the original checkpoint. With LoRA: the
+        adapter (``adapter/``) beside those files, no weights; ``save_merged`` adds the merged weights.
         """
         out_dir = Path(out_dir)
-        state = self.model.state_dict()
+        if self.peft is not None:
+            from lmmr1_plugins.models.lora import save_adapter
+
+            save_adapter(self.peft, out_dir, self.path)
+            self.model.config.save_pretrained(str(out_dir))
+        else:
+            self._save_weights(out_dir, self.model.state_dict())
+        self._copy_source_files(out_dir)
+
+    def save_merged(self, out_dir: str | Path) -> None:
+        """The base weights with the adapter folded in, as a plain HF checkpoint (``final/``)."""
+        from lmmr1_plugins.models.lora import merged_state_dict
+
+        self._save_weights(Path(out_dir), merged_state_dict(self.model) if self.peft is not None else None)
+        self._copy_source_files(Path(out_dir))
+
+    def _save_weights(self, out_dir: Path, state: dict[str, torch.Tensor] | None) -> None:
+        state = self.model.state_dict() if state is None else state
         if isinstance(self.source_dtype, torch.dtype) and self.source_dtype != self.dtype:
             state = {k: v.to(self.source_dtype) for k, v in state.items()}
         self.model.save_pretrained(str(out_dir), state_dict=state)
+
+    def _copy_source_files(self, out_dir: Path) -> None:
         src = Path(self.path)
-        if src.is_dir():
+        if src.is_dir():  # the model card (README.md) describes the source: each final/ gets its own
             for f in src.iterdir():
-                if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and not f.name.startswith("."):
+                if (f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and not f.name.startswith(".")
+                        and f.name != "README.md"):  # fmt: skip
                     shutil.copy2(f, out_dir / f.name)
         else:  # a hub id: save what we loaded
             self.tokenizer.save_pretrained(str(out_dir))

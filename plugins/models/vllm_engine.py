@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmmr1_core.contracts import ROLLOUT_WEIGHTS
+from lmmr1_core.contracts import ADAPTER, ROLLOUT_WEIGHTS
 from lmmr1_core.errors import ConfigError
 
 
@@ -71,7 +71,8 @@ class VLLMRollout:
         vllm = _import_vllm()
         self.backend = backend
         self.last_sync_s = 0.0  # reported per step as rollout/sync_s
-        self._stale = False
+        # an adapter backend's `path` holds its base weights: the adapter (a resumed one) is synced in first
+        self._stale = ADAPTER in backend.capabilities
         path, dtype = str(backend.path), str(backend.dtype).removeprefix("torch.")
         on_cpu = backend.device.type == "cpu"
         threads = torch.get_num_threads()

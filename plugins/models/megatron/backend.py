@@ -52,6 +52,9 @@ class MegatronBackend:
     ) -> None:
         from megatron.core import parallel_state as mpu
 
+        if hf_kwargs.get("lora") is not None:
+            raise ConfigError("model.lora: the megatron backend trains all weights (megatron-core has no peft "
+                              "adapters); for LoRA use `model.backend: hf` (or drop `model.lora`)")  # fmt: skip
         self.path = str(path)
         init_parallel(tensor_parallel, pipeline_parallel, _pick_device(device))
         self.hf = HFBackend(path, dtype=dtype, device=device, **hf_kwargs)
