@@ -267,9 +267,10 @@ def lmmr1(*args, cwd=None):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def example_installed():
-    """The example package pip-installed for this module's tests, and uninstalled again."""
+    """The example package pip-installed for one class's tests, and uninstalled again (before the tutorial's
+    tests install packages registering the same names)."""
     installed = pip("install", "--no-deps", "--quiet", str(EXAMPLE))
     assert installed.returncode == 0, installed.stderr[-2000:]
     try:
@@ -280,45 +281,45 @@ def example_installed():
     assert "domain_example" not in {p["name"] for p in json.loads(gone.stdout)}
 
 
-def test_example_package_is_listed_and_passes_its_own_kit_tests(example_installed, tmp_path):
-    plugins = lmmr1("plugins", "--json")
-    found = {p["name"]: p for p in json.loads(plugins.stdout)}["domain_example"]
-    assert found["distribution"] == "lmmr1-domain-example"
-    assert found["registered"] == {"datasets": ["bar_charts"], "envs": ["maze"], "rewards": ["chart_answer"]}
-    own = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
-    assert own.returncode == 0 and "3 passed" in own.stdout, own.stdout[-2000:]
+class TestExamplePackage:
+    def test_example_package_is_listed_and_passes_its_own_kit_tests(self, example_installed, tmp_path):
+        plugins = lmmr1("plugins", "--json")
+        found = {p["name"]: p for p in json.loads(plugins.stdout)}["domain_example"]
+        assert found["distribution"] == "lmmr1-domain-example"
+        assert found["registered"] == {"datasets": ["bar_charts"], "envs": ["maze"], "rewards": ["chart_answer"]}
+        own = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
+                             capture_output=True, text=True, timeout=600, cwd=tmp_path)  # fmt: skip
+        assert own.returncode == 0 and "3 passed" in own.stdout, own.stdout[-2000:]
 
+    def test_example_stage_file_runs_both_domains_and_the_viewer_draws_an_episode(self, example_installed, tmp_path):
+        # the whole file validates; it runs without FRE and the before-evals (the tutorial's tests run those)
+        stage = tmp_path / "ex.yaml"
+        stage.write_text((EXAMPLE / "stages/domain_example.yaml").read_text())
+        assert lmmr1("validate", stage, cwd=tmp_path).returncode == 0
+        config = yaml.safe_load(stage.read_text())
+        for name in ("fre", "eval_charts_before", "eval_maze_before"):
+            del config["stages"][name]
+        for name in ("mgt_charts", "mgt_maze"):
+            del config["stages"][name]["init_from"]
+            config["stages"][name]["steps"] = 1
+        config["stages"]["eval_charts_after"]["data"][0]["n"] = 2
+        stage.write_text(yaml.safe_dump(config))
+        run = lmmr1("run", stage, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-3000:]
+        out = tmp_path / "runs/domain_example"
+        charts = json.loads((out / "eval_charts_after/final/results.json").read_text())
+        assert charts["datasets"]["charts-heldout"]["n"] == 2 and "chart_answer" in charts["overall"]
+        maze = json.loads((out / "eval_maze_after/final/results.json").read_text())
+        assert maze["overall"]["n"] == 2 and maze["overall"]["turns"] == 2.0  # a random model never solves it
+        row = json.loads((out / "mgt_maze/metrics.jsonl").read_text().splitlines()[0])
+        assert {"reward/env/return", "reward/env/success"} <= set(row)
+        assert "eval_charts_after charts-heldout" in run.stderr  # the closing view of every eval
 
-def test_example_stage_file_runs_both_domains_and_the_viewer_draws_an_episode(example_installed, tmp_path):
-    # the whole file validates; it runs without FRE and the before-evals (the tutorial's tests run those)
-    stage = tmp_path / "ex.yaml"
-    stage.write_text((EXAMPLE / "stages/domain_example.yaml").read_text())
-    assert lmmr1("validate", stage, cwd=tmp_path).returncode == 0
-    config = yaml.safe_load(stage.read_text())
-    for name in ("fre", "eval_charts_before", "eval_maze_before"):
-        del config["stages"][name]
-    for name in ("mgt_charts", "mgt_maze"):
-        del config["stages"][name]["init_from"]
-        config["stages"][name]["steps"] = 1
-    config["stages"]["eval_charts_after"]["data"][0]["n"] = 2
-    stage.write_text(yaml.safe_dump(config))
-    run = lmmr1("run", stage, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = tmp_path / "runs/domain_example"
-    charts = json.loads((out / "eval_charts_after/final/results.json").read_text())
-    assert charts["datasets"]["charts-heldout"]["n"] == 2 and "chart_answer" in charts["overall"]
-    maze = json.loads((out / "eval_maze_after/final/results.json").read_text())
-    assert maze["overall"]["n"] == 2 and maze["overall"]["turns"] == 2.0  # a random model never solves it
-    row = json.loads((out / "mgt_maze/metrics.jsonl").read_text().splitlines()[0])
-    assert {"reward/env/return", "reward/env/success"} <= set(row)
-    assert "eval_charts_after charts-heldout" in run.stderr  # the closing view of every eval
-
-    view = lmmr1("episodes", "show", out, "--stage", "mgt_maze", "--out", tmp_path / "maze.gif")
-    assert view.returncode == 0, view.stderr
-    episode = json.loads((out / "mgt_maze/samples.jsonl").read_text().splitlines()[0])
-    gif = Image.open(tmp_path / "maze.gif")
-    assert gif.n_frames == 1 + len(episode["responses"]) == 3 and gif.size == (256, 112 + 28)  # a caption under
+        view = lmmr1("episodes", "show", out, "--stage", "mgt_maze", "--out", tmp_path / "maze.gif")
+        assert view.returncode == 0, view.stderr
+        episode = json.loads((out / "mgt_maze/samples.jsonl").read_text().splitlines()[0])
+        gif = Image.open(tmp_path / "maze.gif")
+        assert gif.n_frames == 1 + len(episode["responses"]) == 3 and gif.size == (256, 112 + 28)  # a caption under
 
 
 # -- docs/domains.md runs as written --------------------------------------------------------------------------
