@@ -7,6 +7,7 @@ from lmmr1_plugins.envs.football import ACTIONS, parse_action
 
 from lmmr1_core import load_env
 from lmmr1_core.errors import LmmError
+from lmmr1_core.testing import GARBAGE, check_env
 
 
 def test_actions_are_parsed_with_aliases():
@@ -48,6 +49,17 @@ def test_scoring_an_empty_goal_on_the_real_engine():
             load_env("football", scenario="penalty")
     finally:
         env.close()
+
+
+def test_football_env_meets_the_env_kit():
+    pytest.importorskip("gfootball", reason="Google Research Football is not installed (see README)")
+    options = {"scenario": "empty_goal_close", "frames_per_action": 2, "max_steps": 12}
+    garbage = [g for g in GARBAGE if len(g) < 100_000] + ["x" * 1_000_000]  # one megabyte, not three
+    # academy scenarios start alike whatever the seed (seeds_differ=False); and the engine's episodes are not
+    # replayable step for step from a seed (it found that: the same responses drift apart after a few frames),
+    # so `lmmr1 episodes show` redraws a football episode approximately (deterministic_steps=False)
+    check_env("football", options, actions=["<answer>Right</answer>", "<answer>Shoot</answer>"], max_turns=6,
+              seeds=(0, 1), garbage=garbage, seeds_differ=False, deterministic_steps=False)  # fmt: skip
 
 
 def test_multi_turn_episodes_on_football(tiny_vl):

@@ -10,6 +10,7 @@ from lmmr1_plugins.envs.sokoban import generate_level, parse_xsb, solve
 from lmmr1_plugins.envs.sokoban_plan import execute, plan_bonus
 
 from lmmr1_core import load_dataset, load_env, load_reward
+from lmmr1_core.testing import check_env, check_reward
 
 MICROBAN = """; Microban-style levels
 ####
@@ -93,6 +94,23 @@ def test_bad_responses_cost_a_penalty_and_keep_the_board(response, error):
     _, reward, _, info = env.step(response)
     assert error in info["format_error"] and reward == -0.1
     assert env.level == before
+
+
+def test_sokoban_env_meets_the_env_kit():
+    options = {"dim": [6, 6], "num_boxes": 1, "max_steps": 20}
+    moves = [f"<answer>{m}</answer>" for m in ("Up", "Right", "Down", "Left")]
+    solutions = {s: [f"<answer>{a.title()}</answer>" for a in solve(generate_level(s, (6, 6), 1))] for s in (0, 1)}
+    check_env("sokoban", options, actions=moves, max_turns=20, solutions=solutions)
+    check_env("sokoban", {**options, "images": False}, actions=moves, max_turns=20, require_images=False)
+
+
+def test_sokoban_plan_rewards_meet_the_reward_kit():
+    level = parse_xsb("######\n#@$ .#\n######\n")[0].xsb()
+    good, bad = "<think>a</think><answer>Right, Right</answer>", "<think>a</think><answer>Left</answer>"
+    check_reward("sokoban_success", [good, bad], expected=[1.0, 0.0], level=[level, level],
+                 not_applicable={"level": [None]})  # fmt: skip
+    check_reward("sokoban_plan", [good, bad, "<answer>Right</answer>"], level=[level] * 3,
+                 not_applicable={"level": [None]})  # fmt: skip
 
 
 def test_walls_and_blocked_boxes_keep_invariants():

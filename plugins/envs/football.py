@@ -65,9 +65,14 @@ def draw_minimap(raw: dict[str, Any]) -> Image.Image:
     return img
 
 
+def _coord(v: float) -> float:
+    """Rounded to the 2 places shown, and never -0.00: the engine's start positions jitter by ~1e-3."""
+    return round(float(v), 2) + 0.0
+
+
 def describe(raw: dict[str, Any]) -> str:
-    me = raw["left_team"][raw["active"]]
-    ball = raw["ball"]
+    me = [_coord(v) for v in raw["left_team"][raw["active"]]]
+    ball = [_coord(v) for v in raw["ball"]]
     owner = {-1: "nobody", 0: "your team", 1: "the opponents"}.get(int(raw.get("ball_owned_team", -1)), "nobody")
     score = f"{raw['score'][0]}-{raw['score'][1]}"
     return (
@@ -137,7 +142,7 @@ class FootballEnv:
             obs, r, done, _ = self._env.step([action])
             self.steps += 1
             reward += float(r)
-            self.scored = self.scored or r > 0
+            self.scored = self.scored or float(r) > 0  # a bool, not numpy's bool_
             if done or self.steps >= self.max_steps:
                 break
         done = done or self.steps >= self.max_steps
