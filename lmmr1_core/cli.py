@@ -28,8 +28,13 @@ class _Group(click.Group):
     """User errors print one line; no traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from lmmr1_core.preemption import Preempted
+
         try:
             return super().invoke(ctx)
+        except Preempted as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(exc.exit_code)
         except LmmError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)

@@ -221,6 +221,9 @@ class StageConfig(_Strict):
     )
     seed: int = 0
     save_every: int = Field(10, ge=1, description="checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = Field(
+        2, ge=1, description="checkpoints kept; a resume falls back to an older one when the newest is damaged"
+    )
     optim: OptimConfig = OptimConfig()
     # rl
     env: EnvSpec | None = Field(None, description="multi-turn episodes with this env (data: `env_seeds`)")

@@ -179,6 +179,7 @@ class Algorithm(Protocol):
     needs_critic: bool
     dynamic_sampling: bool
     default_loss_agg: str
+    min_group_size: int  # 2 for group-relative algorithms: with one sample per prompt every advantage is 0
 
     def shape_rewards(self, rewards: torch.Tensor, lengths: torch.Tensor, max_new_tokens: int) -> torch.Tensor: ...
 

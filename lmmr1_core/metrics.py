@@ -29,7 +29,10 @@ class RunLog:
     On a rank other than 0 (``torchrun``) it writes nothing.
     """
 
-    def __init__(self, stage_dir: Path, logging: Any = None, run: str = "", config: dict[str, Any] | None = None):
+    def __init__(self, stage_dir: Path, logging: Any = None, run: str = "", config: dict[str, Any] | None = None,
+                 purge_step: int | None = None):  # fmt: skip
+        """``purge_step``: a resume from the checkpoint before it; tensorboard drops its points from there on
+        (they are recomputed), so no step gets two."""
         from lmmr1_core.trackers import Trackers
 
         self.enabled = main_process()
@@ -43,7 +46,7 @@ class RunLog:
         if logging is None or logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.dir / "tensorboard"))
+            self._tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=purge_step)
         self.trackers = Trackers(logging, run or self.dir.parent.name, self.dir.name, self.dir, config or {})
 
     def metrics(self, step: int, values: dict[str, Any]) -> None:

@@ -327,6 +327,13 @@ class RewardSet:
             totals.append(sum(parts) if parts else None)
         return totals, per
 
+    def restore(self, counters: dict[str, int]) -> None:
+        """Carry the timeout/error counts of a resumed stage on from its checkpoint."""
+        for r in self.rewards:
+            r.stats.timeouts = counters.get(f"reward/{r.name}/timeouts", r.stats.timeouts)
+            r.stats.errors = counters.get(f"reward/{r.name}/errors", r.stats.errors)
+            r.stats.not_applicable = counters.get(f"reward/{r.name}/not_applicable", r.stats.not_applicable)
+
     def counters(self) -> dict[str, int]:
         out = {}
         for r in self.rewards:

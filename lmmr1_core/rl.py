@@ -236,6 +236,8 @@ def run_rl(ctx: StageContext) -> None:
     order = DataOrder(len(ctx.samples), cfg.seed)
 
     def step(n: int, position: int):
+        if ctx.checkpoint is not None and n == ctx.checkpoint[0] + 1:  # resumed: the counts go on
+            rewards.restore(ctx.counters)
         t0 = time.perf_counter()
         # 1. Rollout and rewards.
         backend.train()
@@ -255,6 +257,7 @@ def run_rl(ctx: StageContext) -> None:
         step_s = time.perf_counter() - t0
         lr = scheduler.get_last_lr()[0]
         metrics = step_metrics(ctx, algorithm, rewards, ro, targets, stats, lr, (step_s, t_gen, t_train))
+        ctx.counters.update(rewards.counters())  # checkpointed with the stage's other counters
         return metrics, position, sample_rows(ro)
 
     def postfix(m: dict) -> dict:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import json
+import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -11,13 +14,14 @@ from typing import Any
 import yaml
 
 from lmmr1_core import load_dataset, load_model, options, secrets
-from lmmr1_core.checkpoint import atomic_write_text, latest_checkpoint, truncate_jsonl
+from lmmr1_core.checkpoint import latest_checkpoint, remove_stale_temp, truncate_jsonl, write_or_explain
 from lmmr1_core.config import RunConfig, StageConfig, stage_order
 from lmmr1_core.contracts import Algorithm
 from lmmr1_core.errors import ConfigError, DataError, LmmError
 from lmmr1_core.metrics import RunLog, main_process
 from lmmr1_core.model_card import redacted_config, refresh_model_card
 from lmmr1_core.plugins import get_plugin_manager, lookup
+from lmmr1_core.runlock import RunLock
 from lmmr1_core.trainer import StageContext
 from lmmr1_core.types import Sample
 
@@ -107,6 +111,10 @@ def _check_algorithm(st: StageConfig, where: str, path: str) -> Algorithm:
         algorithm = factory(**st.algorithm.algorithm_config())
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}.algorithm: algorithm {name!r}: {exc}") from None
+    if st.algorithm.group_size < algorithm.min_group_size:
+        raise ConfigError(f"{where}.algorithm.group_size: algorithm {name!r} compares the samples of a prompt's "
+                          f"group, so it needs at least {algorithm.min_group_size} (with 1 every advantage is "
+                          "0 and nothing is learned)")  # fmt: skip
     if st.algorithm.tis_cap is not None and st.generation.top_p < 1:
         raise ConfigError(f"{where}.algorithm.tis_cap: truncated importance sampling compares the rollout "
                           "engine's log-probs with the trainer's, which are before top-p; with generation.top_p "
@@ -136,15 +144,61 @@ def build_tiny_model(backend: str, path: str, kind: str) -> None:
     build(path, kind)
 
 
-def check_model_path(cfg: RunConfig, path: str) -> str:
+def check_model_path(cfg: RunConfig, path: str, loading: bool = False) -> str:
+    """What ``model.path`` is, or one clear line when it cannot load: a broken ``config.json`` names the
+    file; a hub id that is not in the local cache fails at once without a network (and says what to do).
+    ``loading``: the run is about to load it (an empty directory is an error then, not for validate)."""
     p = cfg.model.path
     if Path(p).exists():
+        config = Path(p) / "config.json"
+        if config.exists():
+            try:
+                json.loads(config.read_text())
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{path}: model.path: {config} is not valid JSON ({exc})") from None
+        elif loading and Path(p).is_dir():
+            raise ConfigError(f"{path}: model.path: {p} has no config.json (not a Hugging Face model directory)")
         return f"model: {p}"
     if cfg.model.tiny:
         return f"model: {p} (a tiny {cfg.model.tiny} model will be built there)"
     if _looks_like_hub_id(p):
-        return f"model: {p} (hub id; loaded from the local Hugging Face cache, not checked here)"
+        if _in_hub_cache(p):
+            return f"model: {p} (hub id, in the local Hugging Face cache)"
+        if not _hub_reachable() and not loading:
+            return f"model: {p} (hub id; not in the local cache, and the hub is unreachable here: a run would fail)"
+        if not _hub_reachable():
+            raise ConfigError(f"{path}: model.path: {p} is neither a local directory nor in the local Hugging Face "
+                              "cache, and the hub cannot be reached from here. Download it where there is a "
+                              f"network (`huggingface-cli download {p}`) and copy the cache, or point model.path "
+                              "at a local directory")  # fmt: skip
+        return f"model: {p} (hub id; downloaded on first use)"
     raise ConfigError(f"{path}: model.path: {p} does not exist (set model.tiny to build a tiny model there)")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:
+        return False
+
+
+def _hub_reachable() -> bool:
+    """False when HF_HUB_OFFLINE is set or the hub's host does not resolve (no network): then a download
+    would only retry for half a minute before failing."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        from huggingface_hub import constants
+
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+        return True
+    except Exception:
+        return False
 
 
 def load_stage_data(stage_name: str, stage: StageConfig, path: str) -> list[Sample]:
@@ -208,11 +262,73 @@ def _wait_for(path: Path, fresh: bool = False, timeout: float = 600.0) -> None:
         time.sleep(0.2)
 
 
+RESUMABLE = re.compile(r"^(output_dir|stages\.[^.]+\.(steps|save_every|samples_every|keep_checkpoints|"
+                       r"rewards\.\d+\.(timeout_s|workers)))$")  # changes a resume can honour
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        return {k: v for key, val in data.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
+    if isinstance(data, list):
+        return {k: v for i, val in enumerate(data) for k, v in _flat(val, f"{prefix}{i}.").items()}
+    return {prefix[:-1]: data}
+
+
+def check_unchanged(run_dir: Path, written: dict[str, Any], path: str) -> None:
+    """Refuse to continue a run whose stage file changed in a way its outputs cannot follow."""
+    old_file = run_dir / "config.yaml"
+    if not old_file.exists():
+        return
+    try:
+        old = _flat(yaml.safe_load(old_file.read_text()) or {})
+    except yaml.YAMLError:
+        return  # unreadable: nothing to compare with; it is rewritten below
+    new = _flat(written)
+    changed = sorted(k for k in set(old) | set(new) if old.get(k, "<unset>") != new.get(k, "<unset>"))
+    blocking = [k for k in changed if not RESUMABLE.match(k)]
+    if blocking:
+        shown = "; ".join(f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in blocking[:8])
+        more = f" (and {len(blocking) - 8} more)" if len(blocking) > 8 else ""
+        raise ConfigError(f"{path}: differs from the run in {run_dir} ({shown}{more}); its outputs were made "
+                          "with the old settings. Rerun with --fresh to start over, or use another run "
+                          "name")  # fmt: skip
+
+
+def check_columns(cfg: RunConfig, data: dict[str, list[Sample]], path: str) -> None:
+    """A reward option named like a data column would silently replace that column for every sample."""
+    for name, samples in data.items():
+        columns = {k for s in samples for k in s.meta} | options.COLUMNS
+        for i, r in enumerate(cfg.stages[name].rewards):
+            for key in r.reward_config():
+                if key in columns:
+                    raise ConfigError(f"{path}: stages.{name}.rewards.{i}.{key}: the data has a column {key!r} "
+                                      "too, and the option would replace it for every sample; rename one of "
+                                      "them")  # fmt: skip
+
+
 def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None = None) -> Path:
+    """Run the stages; everything that can be checked is checked before the run directory changes."""
     order = stage_order(cfg, path)
     check_plugins(cfg, path)
-    check_model_path(cfg, path)
+    check_model_path(cfg, path, loading=True)
     run_dir = Path(output_dir or cfg.output_dir) / cfg.name
+    lock = RunLock(run_dir) if main_process() else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _run(cfg, path, order, run_dir, fresh)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: RunConfig, path: str, order: list[str], run_dir: Path, fresh: bool) -> Path:
+    todo = [n for n in order if fresh or not (run_dir / n / "final").exists()]
+    data = {n: load_stage_data(n, cfg.stages[n], path) for n in todo}  # a data error stops us before any write
+    check_columns(cfg, data, path)
+    written = secrets.redact(cfg.model_dump(mode="json"), declared_secrets(cfg))  # never a secret's value
+    if not fresh:
+        check_unchanged(run_dir, written, path)
     if not main_process():  # torchrun: rank 0 prepares the run directory and the tiny model
         _wait_for(run_dir / "config.yaml", fresh=True)
     else:
@@ -222,8 +338,7 @@ def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None =
         if cfg.model.tiny and not Path(cfg.model.path).exists():
             print(f"building a tiny {cfg.model.tiny} model at {cfg.model.path}", file=sys.stderr)
             build_tiny_model(cfg.model.backend, cfg.model.path, cfg.model.tiny)
-        written = secrets.redact(cfg.model_dump(mode="json"), declared_secrets(cfg))  # never a secret's value
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(written, sort_keys=False))
+        write_or_explain(run_dir / "config.yaml", yaml.safe_dump(written, sort_keys=False))
     hook = get_plugin_manager().hook
     for name in order:
         st = cfg.stages[name]
@@ -234,22 +349,21 @@ def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None =
         init = str(run_dir / st.init_from / "final") if st.init_from else cfg.model.path
         if st.init_from and not main_process():  # rank 0 may still be renaming it into place
             _wait_for(run_dir / st.init_from / "final")
-        if st.kind == "eval":
-            found = None
-        else:
-            found = latest_checkpoint(out)
+        if main_process():
+            remove_stale_temp(out)
+        found = None if st.kind == "eval" else latest_checkpoint(out)  # verified; a damaged one is skipped
         if found:
             print(f"stage {name}: resuming after step {found[0]} from {found[1]}", file=sys.stderr)
+        backend = load_model(cfg.model.backend, **_model_kwargs(cfg, str(found[1]) if found else init))
         for log_name in ("metrics.jsonl", "samples.jsonl"):  # drop steps after the checkpoint
             if main_process():
                 truncate_jsonl(out / log_name, found[0] if found else 0)
-        samples = load_stage_data(name, st, path)
-        backend = load_model(cfg.model.backend, **_model_kwargs(cfg, str(found[1]) if found else init))
         engine = None
         if cfg.model.rollout.engine != "backend":
             engine = lookup("rollout_engines", cfg.model.rollout.engine).obj(backend, cfg.model, st)
-        ctx = StageContext(name, st, cfg, out, backend, samples, init, hook, engine=engine)
-        ctx.log = RunLog(out, cfg.logging, cfg.name, redacted_config(cfg, name) if main_process() else None)
+        ctx = StageContext(name, st, cfg, out, backend, data[name], init, hook, engine=engine, checkpoint=found)
+        ctx.log = RunLog(out, cfg.logging, cfg.name, redacted_config(cfg, name) if main_process() else None,
+                         purge_step=found[0] + 1 if found else None)
         try:
             hook.on_stage_start(stage=name, config=st, output_dir=str(out))
             lookup("stages", st.kind).obj(ctx)

@@ -15,7 +15,6 @@ from tqdm import tqdm
 
 from lmmr1_core.checkpoint import (
     atomic_dir,
-    latest_checkpoint,
     prune_checkpoints,
     read_trainer_state,
     seed_everything,
@@ -26,7 +25,8 @@ from lmmr1_core.contracts import ADAPTER, Backend, Generator, RolloutEngine
 from lmmr1_core.errors import DataError
 from lmmr1_core.metrics import RunLog, main_process
 from lmmr1_core.model_card import write_model_card
-from lmmr1_core.prompts import build_messages
+from lmmr1_core.preemption import Preempted, graceful_stop
+from lmmr1_core.prompts import build_messages, message_text
 from lmmr1_core.types import Sample
 
 
@@ -46,6 +46,7 @@ class StageContext:
     counters: dict[str, int] = field(default_factory=dict)
     engine: RolloutEngine | None = None  # None: the backend generates
     critic: bool = False  # the backend holds a critic (saved and restored with the trainer state)
+    checkpoint: tuple[int, Path] | None = None  # the (verified) checkpoint the stage resumes from
 
     @property
     def generator(self) -> Generator:
@@ -109,9 +110,15 @@ def next_prompts(ctx: StageContext, order: DataOrder, position: int, count: int,
     return samples, messages, prompts, position
 
 
+CHARS_PER_TOKEN = 32  # far more than any tokenizer packs: a prompt this long is over the limit whatever it says
+
+
 def encode_sample(ctx: StageContext, sample: Sample, max_len: int):
     """(the stage's messages for the sample, its encoded prompt), or None (counted): a prompt over ``max_len``
     tokens is dropped (never truncated through an image); one whose image cannot be read is reported."""
+    if sum(len(message_text(m)) for m in sample.messages) > max_len * CHARS_PER_TOKEN:  # before tokenising
+        ctx.count("data/dropped_long_prompts")
+        return None
     messages = build_messages(sample.messages, ctx.config.prompt_template, ctx.config.system_prompt)
     try:
         prompt = ctx.backend.encode(messages, sample.images, sample.id)
@@ -157,13 +164,13 @@ def save_checkpoint(ctx: StageContext, step: int, optimizer, scheduler, position
         if ctx.critic:
             ctx.backend.critic_state()
         return
-    with atomic_dir(final) as tmp:
+    with atomic_dir(final, manifest=True) as tmp:
         ctx.backend.save(tmp)
         tensors = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         if ctx.critic:
             tensors["critic"] = ctx.backend.critic_state()
         write_trainer_state(tmp, {"step": step, "position": position, "counters": dict(ctx.counters)}, tensors)
-    prune_checkpoints(ctx.out_dir, keep=1)
+    prune_checkpoints(ctx.out_dir, keep=ctx.config.keep_checkpoints)
 
 
 def resume(ctx: StageContext, optimizer, scheduler) -> tuple[int, int]:
@@ -171,7 +178,7 @@ def resume(ctx: StageContext, optimizer, scheduler) -> tuple[int, int]:
 
     The weights were already loaded (the backend was built from the checkpoint directory).
     """
-    found = latest_checkpoint(ctx.out_dir)
+    found = ctx.checkpoint  # verified against its manifest by the runner
     seed_everything(ctx.config.seed)
     if found is None:
         return 0, 0
@@ -221,18 +228,23 @@ def run_steps(ctx: StageContext, optimizer, scheduler, step_fn: StepFn, postfix:
     bar = tqdm(total=cfg.steps, initial=start, desc=f"{ctx.name} ({cfg.kind})", dynamic_ncols=True,
                disable=not main_process())  # fmt: skip
     try:
-        for step in range(start + 1, cfg.steps + 1):
-            metrics, position, rows = step_fn(step, position)
-            metrics.update(ctx.counters)
-            ctx.log.metrics(step, metrics)
-            if rows is not None and step % cfg.samples_every == 0:
-                ctx.log.samples(step, rows)
-            bar.update(1)
-            bar.set_postfix(postfix(metrics))
-            if step % cfg.save_every == 0 and step < cfg.steps:
-                save_checkpoint(ctx, step, optimizer, scheduler, position)
-            if stop_requested(ctx.hook.on_step_end(stage=ctx.name, step=step, metrics=metrics)):
-                break
+        with graceful_stop() as stop:
+            for step in range(start + 1, cfg.steps + 1):
+                metrics, position, rows = step_fn(step, position)
+                metrics.update(ctx.counters)
+                ctx.log.metrics(step, metrics)
+                if rows is not None and step % cfg.samples_every == 0:
+                    ctx.log.samples(step, rows)
+                bar.update(1)
+                bar.set_postfix(postfix(metrics))
+                if stop.signum is not None and step < cfg.steps:  # preempted: save exactly here, then leave
+                    save_checkpoint(ctx, step, optimizer, scheduler, position)
+                    raise Preempted(f"stage {ctx.name}: stopped by {stop.name} after step {step}; a checkpoint "
+                                    "was saved there: run the same command again to resume", stop.signum)
+                if step % cfg.save_every == 0 and step < cfg.steps:
+                    save_checkpoint(ctx, step, optimizer, scheduler, position)
+                if stop_requested(ctx.hook.on_step_end(stage=ctx.name, step=step, metrics=metrics)):
+                    break
     finally:
         bar.close()
     save_final(ctx)

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from test_run import _InterruptAt, read_jsonl, write
 
 from lmmr1_core import hookimpl, secrets
-from lmmr1_core.checkpoint import read_trainer_state, write_trainer_state
+from lmmr1_core.checkpoint import read_trainer_state, write_manifest, write_trainer_state
 from lmmr1_core.cli import main
 from lmmr1_core.errors import ConfigError, LmmError
 from lmmr1_core.plugins import get_plugin_manager
@@ -141,6 +141,9 @@ def test_resuming_a_run_whose_checkpoint_was_tampered_with(tiny_text, tmp_path):
     assert state["step"] == 2 and "optimizer" not in state  # plain data in JSON, tensors apart
     marker = tmp_path / "pwned"
     torch.save({"optimizer": _Boom(marker), "scheduler": {}, "rng": {}}, ckpt / "trainer_state.pt")
+    result = CliRunner().invoke(main, ["run", str(f)])  # the manifest no longer matches: not even opened
+    assert result.exit_code == 2 and "trainer_state.pt is " in result.output and "the manifest says" in result.output
+    write_manifest(ckpt)  # an attacker can write a matching manifest: the loader itself still refuses
     result = CliRunner().invoke(main, ["run", str(f)])
     assert result.exit_code == 2 and "refused to load its trainer state" in result.output
     assert not marker.exists()

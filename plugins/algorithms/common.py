@@ -86,6 +86,7 @@ class PolicyGradient:
     default_loss_agg = "token_mean"
     needs_critic = False
     dynamic_sampling = False
+    min_group_size = 1  # group-relative algorithms need 2: a group of one has no baseline
 
     def __init__(self, clip_eps: float = 0.2, clip_eps_high: float | None = None) -> None:
         self.clip_low = clip_eps

@@ -12,6 +12,8 @@ class GRPO(PolicyGradient):
     ``scale_rewards: false`` keeps the centring but drops the std division.
     """
 
+    min_group_size = 2
+
     def __init__(self, clip_eps: float = 0.2, clip_eps_high: float | None = None, scale_rewards: bool = True,
                  eps: float = 1e-6) -> None:  # fmt: skip
         super().__init__(clip_eps, clip_eps_high)
@@ -82,6 +84,8 @@ class GSPO(GRPO):
 
 class RLOO(PolicyGradient):
     """RLOO: the baseline of sample i is the mean reward of the *other* samples of its group."""
+
+    min_group_size = 2
 
     def advantages(self, rewards, group_size, mask=None, kl_reward=None, values=None) -> torch.Tensor:
         if mask is None:

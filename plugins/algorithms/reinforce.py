@@ -38,6 +38,8 @@ class ReinforcePPBaseline(ReinforcePP):
     """REINFORCE++-baseline (LMM-R1's FRE and PerceReason): subtract the prompt's group mean reward
     first, then whiten over the batch — robust to reward scale without a per-group std."""
 
+    min_group_size = 2
+
     def _baseline(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         mean, _, _ = group_mean_std(rewards, group_size)
         return rewards - mean
