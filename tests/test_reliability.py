@@ -268,3 +268,20 @@ def test_reward_failure_counts_carry_on_across_a_resume(tiny_text, tmp_path, plu
     rows = read_jsonl(tmp_path / "runs/small/rl/metrics.jsonl")
     # every sample raises: 4 per step (2 prompts x group 2), counted on from the checkpoint, not from 0
     assert [r["reward/raises_on_seven/errors"] for r in rows] == [4, 8, 12, 16]
+
+
+def test_a_hub_model_is_saved_with_its_cached_files_verbatim(tiny_text, tmp_path):
+    """A model named by hub id (read from the local cache) keeps its tokenizer and config files byte for byte."""
+    import shutil
+
+    snap = tmp_path / "cache/models--someone--tiny/snapshots/abc123"
+    shutil.copytree(tiny_text, snap)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs/main").write_text("abc123")
+    code = ("from lmmr1_core import load_model; b = load_model('hf', path='someone/tiny', device='cpu'); "
+            f"b.save({str(tmp_path / 'out')!r})")  # fmt: skip
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("tokenizer_config.json", "tokenizer.json", "generation_config.json"):
+        assert (tmp_path / "out" / name).read_bytes() == (tiny_text / name).read_bytes(), name

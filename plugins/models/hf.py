@@ -111,6 +111,16 @@ def token_logprobs(
     return logp, entropy
 
 
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot directory of a hub model (what ``from_pretrained`` read), without any download."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        return None
+
+
 class HFBackend:
     """Policy (and optional frozen reference) as a transformers model on one device."""
 
@@ -489,6 +499,8 @@ class HFBackend:
 
     def _copy_source_files(self, out_dir: Path) -> None:
         src = Path(self.path)
+        if not src.is_dir():  # a hub id: its files in the local cache are the source, copied as they are
+            src = _hub_snapshot(self.path) or src
         if src.is_dir():  # the model card (README.md) describes the source: each final/ gets its own
             for f in src.iterdir():
                 if (f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and not f.name.startswith(".")
