@@ -62,7 +62,13 @@ def wrap(model: torch.nn.Module, options: dict[str, Any], base_path: str):
         target_modules=target_names(model, options.get("target_modules")),
         base_model_name_or_path=base_path,
     )
-    return peft.get_peft_model(model, config)
+    # the adapter's random init from a fixed seed: a run and its rerun (or a resumed run's twin) start alike
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(0)
+        return peft.get_peft_model(model, config)
 
 
 def adapter_base(path: str | Path) -> str | None:
