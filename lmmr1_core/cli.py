@@ -89,14 +89,22 @@ def _torchrun(nproc: int) -> None:
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
-def validate(file: str, overrides: tuple[str, ...]) -> None:
-    """Check FILE (schema, plugin names, data files) without loading a model."""
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=None,
+              help="check the parallel split and batch sizes against this many processes per node "
+              "(default: WORLD_SIZE under torchrun, else not checked)")  # fmt: skip
+@click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True, help="with --nproc-per-node")
+def validate(file: str, overrides: tuple[str, ...], nproc_per_node: int | None, nnodes: int) -> None:
+    """Check FILE (schema, plugin names, data files, the world size) without loading a model."""
     from lmmr1_core.config import load_config
     from lmmr1_core.run import validate as validate_run
+    from lmmr1_core.world import batch_plan, check_world, world_size_from_env
 
     cfg = load_config(file, list(overrides))
+    world = nproc_per_node * nnodes if nproc_per_node else world_size_from_env()
+    if world is not None:
+        check_world(cfg, world, file)
     _quiet_libraries()
-    for line in validate_run(cfg, file):
+    for line in validate_run(cfg, file) + batch_plan(cfg, world):
         click.echo(line)
     click.echo(f"{file}: ok")
 

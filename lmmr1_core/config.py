@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmmr1_core.errors import ConfigError
 
@@ -148,7 +148,16 @@ class AlgorithmConfig(BaseModel):
         None, description="how token losses become one number; default: the algorithm's own"
     )
     epochs: int = Field(1, ge=1, description="passes over each rollout batch (old log-probs kept)")
-    mini_batches: int = Field(1, ge=1, description="optimizer steps per pass over a rollout batch")
+    mini_batches: int = Field(
+        1, ge=1, description="optimizer steps per pass over a rollout batch (or give `train_batch_samples`)"
+    )
+    train_batch_samples: int | None = Field(
+        None,
+        ge=1,
+        description="samples (completions; env stages: episodes) per optimizer step, the whole job's: OpenRLHF's "
+        "`train_batch_size`. It must divide the rollout batch, `batch_size x group_size` samples, and sets "
+        "`mini_batches` to their quotient (LMM-R1: 256 prompts x 16 / 256 = 16 optimizer steps per rollout)",
+    )
     max_sampling_rounds: int = Field(
         4, ge=1, description="dynamic sampling (dapo): rollout rounds tried to fill the batch with informative groups"
     )
@@ -168,6 +177,8 @@ class GenerationConfig(_Strict):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_prompt_length: int = Field(2048, ge=1, description="longer prompts are dropped and counted")
+    greedy: bool = Field(False, description="argmax decoding: reproducible rollouts (tests, debugging); a "
+                         "group's samples are then identical, so group-relative advantages are 0")
 
 
 class OptimConfig(_Strict):
@@ -213,7 +224,12 @@ class StageConfig(_Strict):
     init_from: str | None = Field(None, description="start from this stage's final weights")
     data: list[DataSpec] = Field(min_length=1)
     steps: int | None = Field(None, ge=1, description="optimizer steps (rl: rollout batches); required to train")
-    batch_size: int = Field(4, ge=1, description="prompts per step (rl) or samples per step (sft)")
+    batch_size: int = Field(
+        4,
+        ge=1,
+        description="rl: prompts per rollout (OpenRLHF's `rollout_batch_size`), each sampled `algorithm.group_size` "
+        "times; sft: samples per step. Under torchrun the whole job's, split evenly over the data-parallel replicas",
+    )
     micro_batch_size: int = Field(8, ge=1, description="sequences per forward/backward")
     system_prompt: str | None = Field(None, description="a system message put before every prompt")
     prompt_template: str | None = Field(
@@ -243,6 +259,30 @@ class StageConfig(_Strict):
         "<answer>{answer}</answer>",
         description="sft target text; `{answer}` and any sample column can be used",
     )
+
+    @model_validator(mode="after")
+    def _train_batch(self) -> StageConfig:
+        """OpenRLHF counts its train batch in samples, we count optimizer steps: one number resolves to the other
+        here, so the loop only ever reads ``mini_batches``. Both given and agreeing is allowed (a run's written
+        config holds both)."""
+        algo = self.algorithm
+        if algo.train_batch_samples is None:
+            return self
+        tbs, G = algo.train_batch_samples, algo.group_size
+        total = self.batch_size * G
+        if total % tbs:
+            raise ValueError(
+                f"algorithm.train_batch_samples: {tbs} does not divide the rollout batch, batch_size x "
+                f"algorithm.group_size = {self.batch_size} x {G} = {total} samples; use a divisor of {total}"
+            )
+        steps = total // tbs
+        if "mini_batches" in algo.model_fields_set and algo.mini_batches != steps:
+            raise ValueError(
+                f"algorithm.mini_batches: {algo.mini_batches} disagrees with algorithm.train_batch_samples: {tbs} "
+                f"({total} samples per rollout / {tbs} = {steps} optimizer steps); give only one of them"
+            )
+        algo.mini_batches = steps
+        return self
 
 
 class LoggingConfig(_Strict):
@@ -335,6 +375,8 @@ def _format_validation(path: str, err: ValidationError) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `lmmr1 reference` lists every key)"
+        elif e["type"] == "value_error":  # our own validators' messages name the key already
+            msg = msg.removeprefix("Value error, ")
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
 

@@ -60,6 +60,12 @@ class VLLMOptions(BaseModel):
         None, description="no compilation or CUDA graphs (faster start, slower decode); default: on CPU only"
     )
     kv_cache_gb: float = Field(1.0, gt=0, description="on CPU: KV-cache size in GiB")
+    tensor_parallel: int = Field(
+        1,
+        ge=1,
+        description="the engine's tensor-parallel size, independent of the trainer's: under torchrun the world "
+        "forms world / tensor_parallel engines (LMM-R1: 1, one engine per GPU)",
+    )
 
 
 class VLLMRollout:
