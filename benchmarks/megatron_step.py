@@ -4,11 +4,12 @@ python benchmarks/megatron_step.py                      # CUDA: Qwen2.5-VL-3B sh
 python benchmarks/megatron_step.py --model tiny         # the tiny VL model (what CPU runs by default)
 torchrun --nproc-per-node 2 benchmarks/megatron_step.py --backends megatron --tp 2
 
-The step: ``batch`` text prompts of ``prompt_len`` random tokens, ``new_tokens`` sampled tokens each
-(the megatron backend syncs its weights into the HF generator first, which is counted), then a
-log-prob pass without gradients (the "old"/reference pass), then a log-prob pass with backward,
-clipping and an AdamW step. MFU counts 6 x parameters x tokens for training and 2 x for the
-no-grad pass, against the GPU's dense bf16 peak (``--peak-tflops``, H100 SXM: 989).
+The step: ``batch`` text prompts of ``prompt_len`` random tokens (``--image-size S``: each also shows an
+S x S image), ``new_tokens`` sampled tokens each (the megatron backend syncs its weights into the HF
+generator first, which is counted), then a log-prob pass without gradients (the "old"/reference pass),
+then a log-prob pass with backward, clipping and an AdamW step. MFU counts each token's real FLOPs, the
+same way for both backends (benchmarks/flops.py: the vision tower on image patches only, the LM head
+only where a logit is read), against the GPU's dense bf16 peak (``--peak-tflops``, H100/H200 SXM: 989).
 """
 
 from __future__ import annotations
@@ -70,12 +71,30 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def one_step(backend, args) -> dict[str, float]:
+def make_prompts(backend, args) -> list:
+    """``batch`` prompts of ``prompt_len`` random tokens; with ``image_size``, each one an image-and-text chat
+    message (the random tokens as its text) through the backend's processor."""
     from lmmr1_plugins.models.hf import Prompt
 
     g = torch.Generator().manual_seed(0)
     vocab = min(len(backend.tokenizer), 500)
-    prompts = [Prompt(torch.randint(10, vocab, (args.prompt_len,), generator=g).tolist()) for _ in range(args.batch)]
+    ids = [torch.randint(10, vocab, (args.prompt_len,), generator=g).tolist() for _ in range(args.batch)]
+    if not getattr(args, "image_size", 0):
+        return [Prompt(x) for x in ids]
+    from PIL import Image
+
+    noise = torch.randint(0, 256, (args.image_size, args.image_size, 3), generator=g, dtype=torch.uint8).numpy()
+    image = Image.fromarray(noise)
+    return [backend.encode([{"role": "user", "content": [{"type": "image"},
+                                                          {"type": "text", "text": backend.decode(x)}]}], [image])
+            for x in ids]  # fmt: skip
+
+
+def one_step(backend, args) -> dict[str, float]:
+    from flops import forward_flops, generate_flops, mfu, rows_of, train_flops
+    from transformers import AutoConfig
+
+    prompts = make_prompts(backend, args)
     optimizer = backend.make_optimizer(1e-6, 0.0, (0.9, 0.999))
     backend.train()
     completions, t_gen = timed(lambda: backend.generate(prompts, args.new_tokens, 1.0, 1.0))
@@ -96,15 +115,18 @@ def one_step(backend, args) -> dict[str, float]:
 
     _, t_train = timed(train)
     n_gen = sum(len(c) for c in completions)
-    n_tok = sum(args.prompt_len + len(c) for c in completions)
-    params = sum(p.numel() for p in backend.model.parameters()) * getattr(backend, "tp", 1) * getattr(backend, "pp", 1)
+    n_tok = sum(len(p.input_ids) + len(c) for p, c in zip(prompts, completions))
     stats = {"generate_s": t_gen, "logprob_s": t_score, "train_s": t_train, "gen_tok_s": n_gen / t_gen,
              "logprob_tok_s": n_tok / t_score, "train_tok_s": n_tok / t_train}  # fmt: skip
+    config, rows = AutoConfig.from_pretrained(str(backend.path)), rows_of(prompts, completions)
+    flops = {"generate": generate_flops(config, rows), "logprob": forward_flops(config, rows),
+             "train": train_flops(config, rows)}  # fmt: skip
+    for k, f in flops.items():
+        stats[f"tflops_{k}"] = f / stats[f"{k}_s"] / 1e12  # achieved, on any device
     if torch.cuda.is_available():
         world = int(os.environ.get("WORLD_SIZE", 1))
-        peak = args.peak_tflops * 1e12 * world
-        stats["mfu_logprob"] = 2 * params * n_tok / t_score / peak
-        stats["mfu_train"] = 6 * params * n_tok / t_train / peak
+        for k, f in flops.items():
+            stats[f"mfu_{k}"] = mfu(f, stats[f"{k}_s"], args.peak_tflops, world)
         stats["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return stats
 
@@ -118,6 +140,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--prompt-len", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--image-size", type=int, default=0, help="each prompt also shows an S x S image (0: text)")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
