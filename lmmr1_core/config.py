@@ -84,6 +84,12 @@ class ModelConfig(_Strict):
     min_pixels: int | None = Field(None, description="image processor lower bound on pixels per image")
     max_pixels: int | None = Field(None, description="image processor upper bound on pixels per image")
     gradient_checkpointing: bool = False
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads per process (default: the CPUs this process may use, by affinity and "
+        "cgroup quota, divided among torchrun's local ranks; see README, Benchmarks)",
+    )
     tensor_parallel: int = Field(1, ge=1, description="megatron: tensor-parallel size")
     pipeline_parallel: int = Field(1, ge=1, description="megatron: pipeline-parallel size")
     rollout: RolloutConfig = RolloutConfig()

@@ -30,7 +30,12 @@ ADAPTER = "adapter"
 needs), ``save_merged`` the merged weights as a plain Hugging Face checkpoint (``final/`` gets both). The KL
 reference is the base with the adapter off, and ``path`` holds the base weights (an engine syncs before its
 first rollout)."""
-CAPABILITIES = (CRITIC, REFERENCE, ROLLOUT_WEIGHTS, ADAPTER)
+DATA_PARALLEL = "data_parallel"
+"""Under torchrun the backend runs data-parallel replicas: ``data_parallel() -> (replica, replicas, group)``
+says which replica this rank is in and the process group that joins one rank of each; ``clip_grad_norm``
+(and ``critic_step``) sum the gradients over that group first. The core then gives each replica its own
+prompt groups; every rank of a replica gets the same ones."""
+CAPABILITIES = (CRITIC, REFERENCE, ROLLOUT_WEIGHTS, ADAPTER, DATA_PARALLEL)
 
 
 class Prompt(Protocol):
@@ -144,6 +149,12 @@ class WithAdapter(Protocol):
         """The base plus the adapter as plain Hugging Face weights in ``out_dir`` (beside what ``save`` wrote).
         Collective under torchrun: non-zero ranks pass None."""
         ...
+
+
+class WithDataParallel(Protocol):
+    """Declared by ``DATA_PARALLEL`` in ``capabilities``."""
+
+    def data_parallel(self) -> tuple[int, int, Any]: ...
 
 
 @runtime_checkable

@@ -16,7 +16,9 @@ import torch
 
 from lmmr1_core import load_algorithm
 from lmmr1_core.contracts import CRITIC, REFERENCE, Algorithm, require
+from lmmr1_core.distributed import current, replicas_of, replicas_scope
 from lmmr1_core.episodes import episode_record
+from lmmr1_core.errors import ConfigError
 from lmmr1_core.prompts import user_text
 from lmmr1_core.rewards import RewardSet, TrainerState
 from lmmr1_core.rollout import Rollout, collect_episode_rollout, collect_rollout, completion_mask
@@ -80,13 +82,18 @@ def update_policy(
     stats = dict.fromkeys(("loss", "kl", "entropy", "clip_frac", "approx_kl", "value_loss", "grad_norm"), 0.0)
     stats.update(dict.fromkeys(("rollout/logp_abs_diff", "tis/weight_mean", "tis/capped_frac"), 0.0))
     tis_cap = algo_cfg.tis_cap
-    B = len(ro.completions)
+    # torchrun: the mini-batches are drawn from the whole batch (every replica's rows, numbered in replica
+    # order) exactly as one process would, each replica training its own rows of each; the normalisers
+    # count every replica's rows and the gradients are summed.
+    replicas = current()
+    sizes = replicas.gather(len(ro.completions))
+    first, total = sum(sizes[: replicas.rank]), sum(sizes)
     for _epoch in range(algo_cfg.epochs):
-        perm = torch.randperm(B) if algo_cfg.mini_batches > 1 else torch.arange(B)
-        for idx in perm.chunk(algo_cfg.mini_batches):
-            idx = idx.tolist()
-            n_tokens = float(tg.mask[idx].sum()) or 1.0
-            n_seqs = int(tg.applicable[idx].sum()) or 1
+        perm = torch.randperm(total) if algo_cfg.mini_batches > 1 else torch.arange(total)
+        for chunk in torch.tensor_split(perm, algo_cfg.mini_batches):
+            idx = [i - first for i in chunk.tolist() if first <= i < first + sizes[replicas.rank]]
+            n_tokens, n_seqs = replicas.sum([float(tg.mask[idx].sum()), float(tg.applicable[idx].sum())]).tolist()
+            n_tokens, n_seqs = n_tokens or 1.0, int(n_seqs) or 1
             optimizer.zero_grad(set_to_none=True)
             for j in range(0, len(idx), cfg.micro_batch_size):
                 mb = idx[j : j + cfg.micro_batch_size]
@@ -129,6 +136,9 @@ def update_policy(
                 ctx.engine.weights_changed()
             if tg.values is not None:
                 backend.critic_step(cfg.optim.max_grad_norm)
+    summed = [k for k in stats if k != "grad_norm"]  # each replica's part of a global mean; the norm is global
+    for k, v in zip(summed, replicas.sum([stats[k] for k in summed]).tolist()):
+        stats[k] = v
     return stats
 
 
@@ -182,41 +192,60 @@ def make_targets(ctx: StageContext, algorithm: Algorithm, ro: Rollout, reuse_old
 
 
 def step_metrics(ctx: StageContext, algorithm: Algorithm, rewards: RewardSet, ro: Rollout, tg: Targets,
-                 stats: dict[str, float], lr: float, times: tuple[float, float, float]) -> dict:  # fmt: skip
-    """One row of metrics.jsonl (the stage's counters are added by the loop)."""
+                 stats: dict[str, float], lr: float, times: dict[str, float]) -> dict:  # fmt: skip
+    """One row of metrics.jsonl (the stage's counters are added by the loop): over the whole batch, every
+    replica's rows summed under torchrun; the timings are this process's."""
     algo_cfg, G = ctx.config.algorithm, ctx.config.algorithm.group_size
-    step_s, t_gen, t_train = times
-    B = len(ro.completions)
     scored = ro.rewards[tg.applicable]
     adv_tokens = tg.advantages[tg.mask.bool()]
-    all_tokens = sum(len(p.input_ids) + len(c) for p, c in zip(ro.prompts, ro.completions))
+    flat, groups = (ro.groups_dropped, ro.groups_seen) if algorithm.dynamic_sampling else _zero_variance(
+        ro.rewards if ro.episode_rewards is None else ro.episode_rewards, G)  # fmt: skip
+    local = {
+        "n": len(scored), "r": float(scored.sum()), "r2": float((scored.double() ** 2).sum()),
+        "adv_n": len(adv_tokens), "adv": float(adv_tokens.sum()), "adv2": float((adv_tokens.double() ** 2).sum()),
+        "mask": float(tg.mask.sum()), "kl_r": float(tg.kl_reward.sum()) if tg.kl_reward is not None else 0.0,
+        "rows": len(ro.completions), "completion_tokens": sum(len(c) for c in ro.completions),
+        "all_tokens": sum(len(p.input_ids) + len(c) for p, c in zip(ro.prompts, ro.completions)),
+        "not_applicable": int((~tg.applicable).sum()), "flat": flat, "groups": groups,
+        **{f"{k}:sum": sum(x for x in v if x is not None) for k, v in ro.per_reward.items()},
+        **{f"{k}:n": sum(x is not None for x in v) for k, v in ro.per_reward.items()},
+        **rewards.counters(),
+    }
+    replicas = current()
+    g = dict(zip(local, replicas.sum(list(local.values())).tolist()))
+    n, adv_n = g["n"], g["adv_n"]
     use_kl = tg.ref_logp is not None
     if tg.kl_reward is not None:
-        stats["kl"] = float(-(tg.kl_reward.sum()) / algo_cfg.kl.coef / (float(tg.mask.sum()) or 1.0))
-    zero_var = (ro.groups_dropped / ro.groups_seen if algorithm.dynamic_sampling
-                else _zero_variance_frac(ro.rewards if ro.episode_rewards is None else ro.episode_rewards, G))
+        stats["kl"] = -g["kl_r"] / algo_cfg.kl.coef / (g["mask"] or 1.0)
+    per_rank = max(replicas.gather(ro.groups_seen))
     return {
-        "reward/mean": float(scored.mean()) if len(scored) else None,
-        "reward/std": float(scored.std()) if len(scored) > 1 else 0.0,
-        **{f"reward/{k}": _mean(v) for k, v in ro.per_reward.items()},
-        **rewards.counters(),
+        "reward/mean": g["r"] / n if n else None,
+        "reward/std": _std(g["r"], g["r2"], n),
+        **{f"reward/{k}": (g[f"{k}:sum"] / g[f"{k}:n"] if g[f"{k}:n"] else None) for k in ro.per_reward},
+        **{k: int(g[k]) for k in rewards.counters()},
         "kl": stats["kl"] if use_kl else None,
         **{k: stats[k] for k in ("loss", "entropy", "clip_frac", "approx_kl", "grad_norm")},
         **({"value_loss": stats["value_loss"]} if tg.values is not None else {}),
         **({"rollout/logp_abs_diff": stats["rollout/logp_abs_diff"]} if ro.rollout_logp is not None else {}),
         **({k: stats[k] for k in ("tis/weight_mean", "tis/capped_frac")} if algo_cfg.tis_cap else {}),
         **({"rollout/sync_s": ctx.engine.last_sync_s} if ctx.engine is not None else {}),
+        **({"rollout/replicas": replicas.size, "rollout/prompts_per_rank": per_rank} if replicas.size > 1 else {}),
         "lr": lr,
-        "advantage/mean": float(adv_tokens.mean()) if len(adv_tokens) else 0.0,
-        "advantage/std": float(adv_tokens.std()) if len(adv_tokens) > 1 else 0.0,
-        "groups/zero_variance_frac": zero_var,
-        "response_length": sum(len(c) for c in ro.completions) / B,
-        "tokens_per_s": all_tokens / step_s,
-        "step_s": step_s,
-        "generation_s": t_gen,
-        "train_s": t_train,
-        "not_applicable": int((~tg.applicable).sum()),
+        "advantage/mean": g["adv"] / adv_n if adv_n else 0.0,
+        "advantage/std": _std(g["adv"], g["adv2"], adv_n) or 0.0,
+        "groups/zero_variance_frac": g["flat"] / g["groups"] if g["groups"] else 0.0,
+        "response_length": g["completion_tokens"] / g["rows"],
+        "tokens_per_s": g["all_tokens"] / times["step_s"],
+        **times,
+        "not_applicable": int(g["not_applicable"]),
     }
+
+
+def _std(total: float, squares: float, n: float) -> float:
+    """The sample standard deviation from a sum and a sum of squares (what replicas can add up)."""
+    if n < 2:
+        return 0.0
+    return max(squares - total * total / n, 0.0) ** 0.5 / (n - 1) ** 0.5
 
 
 def run_rl(ctx: StageContext) -> None:
@@ -234,12 +263,16 @@ def run_rl(ctx: StageContext) -> None:
         require(backend, REFERENCE, "algorithm.kl.coef > 0")
         backend.make_reference(ctx.init_path)  # the stage's starting weights, also after a resume
     order = DataOrder(len(ctx.samples), cfg.seed)
+    replicas = replicas_of(backend)
+    if replicas.size > cfg.batch_size:
+        raise ConfigError(f"stages.{ctx.name}.batch_size: {cfg.batch_size} prompts per step cannot be shared "
+                          f"among {replicas.size} data-parallel replicas; use at least {replicas.size}")  # fmt: skip
 
     def step(n: int, position: int):
-        if ctx.checkpoint is not None and n == ctx.checkpoint[0] + 1:  # resumed: the counts go on
-            rewards.restore(ctx.counters)
+        if ctx.checkpoint is not None and n == ctx.checkpoint[0] + 1 and replicas.rank == 0:
+            rewards.restore(ctx.counters)  # resumed: the counts go on (summed over the replicas)
         t0 = time.perf_counter()
-        # 1. Rollout and rewards.
+        # 1. Rollout and rewards (under torchrun, this replica's share of the prompt groups).
         backend.train()
         if cfg.env is not None:
             ro, position = collect_episode_rollout(ctx, order, position)
@@ -254,32 +287,30 @@ def run_rl(ctx: StageContext) -> None:
         stats = update_policy(ctx, algorithm, ro, targets, optimizer, scheduler)
         t_train = time.perf_counter() - t1
         # 5. Log (the loop writes it, checkpoints and asks the on_step_end hooks).
-        step_s = time.perf_counter() - t0
+        times = {"step_s": time.perf_counter() - t0, "generation_s": t_gen - ro.score_s, "scoring_s": ro.score_s,
+                 "train_s": t_train}  # fmt: skip
         lr = scheduler.get_last_lr()[0]
-        metrics = step_metrics(ctx, algorithm, rewards, ro, targets, stats, lr, (step_s, t_gen, t_train))
-        ctx.counters.update(rewards.counters())  # checkpointed with the stage's other counters
-        return metrics, position, sample_rows(ro)
+        metrics = step_metrics(ctx, algorithm, rewards, ro, targets, stats, lr, times)
+        ctx.counters.update({k: metrics[k] for k in rewards.counters()})  # checkpointed with the stage's counters
+        rows = [r for part in replicas.gather(sample_rows(ro)) for r in part][:16]
+        return metrics, position, rows
 
     def postfix(m: dict) -> dict:
         kl = f"{m['kl']:.4f}" if m["kl"] is not None else "off"
         return {"reward": f"{m['reward/mean'] or 0:.3f}", "kl": kl, "tok_s": f"{m['tokens_per_s']:.0f}"}
 
     try:
-        run_steps(ctx, optimizer, scheduler, step, postfix)
+        with replicas_scope(replicas):
+            run_steps(ctx, optimizer, scheduler, step, postfix)
     finally:
         rewards.close()
 
 
-def _mean(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else None
-
-
-def _zero_variance_frac(rewards: torch.Tensor, group_size: int) -> float:
-    """Fraction of groups whose applicable rewards are all equal (they give no gradient)."""
+def _zero_variance(rewards: torch.Tensor, group_size: int) -> tuple[int, int]:
+    """(groups whose applicable rewards are all equal: they give no gradient, groups)."""
     groups = rewards.view(-1, group_size)
     flat = 0
     for g in groups:
         vals = g[~torch.isnan(g)]
         flat += int(len(vals) < 2 or bool((vals == vals[0]).all()))
-    return flat / len(groups)
+    return flat, len(groups)

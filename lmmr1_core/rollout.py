@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 
 from lmmr1_core.contracts import Algorithm
+from lmmr1_core.distributed import current
 from lmmr1_core.episodes import dense_rewards, episode_reward, run_episodes
 from lmmr1_core.rewards import RewardSet, TrainerState, reward_columns
 from lmmr1_core.trainer import DataOrder, StageContext, generate, next_prompts
@@ -28,29 +30,40 @@ class Rollout:
     episode_rewards: torch.Tensor | None = None
     episodes: list | None = None
     rollout_logp: torch.Tensor | None = None  # [B, T]: the rollout engine's log-probs of the sampled tokens
+    score_s: float = 0.0  # seconds spent in the rewards (part of the rollout's time)
 
 
 def collect_rollout(ctx: StageContext, rewards: RewardSet, algorithm: Algorithm, order: DataOrder, position: int,
                     state: TrainerState):
     """Sample groups and score them; with dynamic sampling (DAPO) groups whose rewards are all equal
-    carry no signal, so they are dropped and more prompts sampled, up to ``max_sampling_rounds``."""
+    carry no signal, so they are dropped and more prompts sampled, up to ``max_sampling_rounds``.
+
+    Under torchrun every rank picks the same ``batch_size`` prompts and keeps its replica's share of the
+    groups (whole groups: group statistics stay local); DAPO samples on until every replica has its
+    share of informative groups."""
     cfg, backend, gen = ctx.config, ctx.backend, ctx.config.generation
     G = cfg.algorithm.group_size
+    replicas = current()
+    want = len(replicas.share(cfg.batch_size))  # this replica's groups
     want_logp = wants_rollout_logprobs(ctx)
     kept: list[tuple] = []
     dropped: list[tuple] = []
-    seen = 0
+    seen, score_s = 0, 0.0
     for _ in range(cfg.algorithm.max_sampling_rounds if algorithm.dynamic_sampling else 1):
         samples, messages, prompts, position = next_prompts(ctx, order, position, cfg.batch_size,
                                                             gen.max_prompt_length)  # fmt: skip
+        mine = replicas.share(len(samples))
+        samples, messages, prompts = ([x[i] for i in mine] for x in (samples, messages, prompts))
         samples = [s for s in samples for _ in range(G)]
         messages = [m for m in messages for _ in range(G)]
         prompts = [p for p in prompts for _ in range(G)]
-        completions, logps = generate(ctx, prompts, with_logprobs=want_logp)
+        completions, logps = generate(ctx, prompts, greedy=gen.greedy, with_logprobs=want_logp)
         logps = logps or [None] * len(completions)
         texts = [backend.decode(c) for c in completions]
         columns = reward_columns(samples, completions)
+        t_score = time.perf_counter()
         totals, per_reward = rewards(messages, texts, columns, state)
+        score_s += time.perf_counter() - t_score
         r = torch.tensor([float("nan") if t is None else t for t in totals])
         lengths = torch.tensor([len(c) for c in completions])
         r = algorithm.shape_rewards(r, lengths, gen.max_new_tokens)
@@ -62,10 +75,10 @@ def collect_rollout(ctx: StageContext, rewards: RewardSet, algorithm: Algorithm,
             informative = len(vals) > 1 and bool((vals != vals[0]).any())
             (kept if informative or not algorithm.dynamic_sampling else dropped).append(group)
             seen += 1
-        if len(kept) >= cfg.batch_size:
+        if replicas.min(float(len(kept) >= want)) > 0:
             break
     n_dropped = seen - len(kept)
-    kept = (kept + dropped)[: cfg.batch_size]  # too few informative groups: train on what there is
+    kept = (kept + dropped)[:want]  # too few informative groups: train on what there is
     return Rollout(
         samples=[s for g in kept for s in g[0]],
         prompts=[p for g in kept for p in g[1]],
@@ -76,6 +89,7 @@ def collect_rollout(ctx: StageContext, rewards: RewardSet, algorithm: Algorithm,
         groups_seen=seen,
         groups_dropped=n_dropped,
         rollout_logp=_pad_rows([lp for g in kept for lp in g[6]]) if want_logp else None,
+        score_s=score_s,
     ), position
 
 
@@ -97,10 +111,11 @@ def _pad_rows(rows: list[list[float]]) -> torch.Tensor:
 def collect_episode_rollout(ctx: StageContext, order: DataOrder, position: int):
     """Multi-turn: ``group_size`` episodes per env seed; the episode's return (or success) is the reward."""
     cfg, G = ctx.config, ctx.config.algorithm.group_size
-    seeds = [ctx.samples[order.index(position + i)] for i in range(cfg.batch_size)]
+    every = [ctx.samples[order.index(position + i)] for i in range(cfg.batch_size)]
+    seeds = [every[i] for i in current().share(len(every))]  # torchrun: this replica's share
     samples = [s for s in seeds for _ in range(G)]
     want_logp = wants_rollout_logprobs(ctx)
-    episodes = run_episodes(ctx, samples, with_logprobs=want_logp)
+    episodes = run_episodes(ctx, samples, greedy=cfg.generation.greedy, with_logprobs=want_logp)
     per_reward = {
         "env/return": [sum(e.turn_rewards) for e in episodes],
         "env/success": [float(e.success) for e in episodes],
@@ -123,7 +138,7 @@ def collect_episode_rollout(ctx: StageContext, order: DataOrder, position: int):
             unit_episode=unit_episode,
             episode_rewards=episode_rewards,
             rollout_logp=_pad_rows([episodes[i].unit_logps[k] for i, k, _, _ in units]) if want_logp else None,
-        ), position + len(seeds)
+        ), position + len(every)
     T = max(len(e.completion) for e in episodes)
     return Rollout(
         samples=samples,
@@ -138,7 +153,7 @@ def collect_episode_rollout(ctx: StageContext, order: DataOrder, position: int):
         dense_rewards=dense_rewards(episodes, T) if cfg.env.reward == "per_turn" else None,
         episodes=episodes,
         rollout_logp=_pad_rows([e.rollout_logp for e in episodes]) if want_logp else None,
-    ), position + len(seeds)
+    ), position + len(every)
 
 
 def completion_mask(completions: list[list[int]]) -> torch.Tensor:

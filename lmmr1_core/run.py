@@ -17,9 +17,11 @@ from lmmr1_core import load_dataset, load_model, options, secrets
 from lmmr1_core.checkpoint import latest_checkpoint, remove_stale_temp, truncate_jsonl, write_or_explain
 from lmmr1_core.config import RunConfig, StageConfig, stage_order
 from lmmr1_core.contracts import Algorithm
+from lmmr1_core.distributed import init_process_group
 from lmmr1_core.errors import ConfigError, DataError, LmmError
 from lmmr1_core.metrics import RunLog, main_process
 from lmmr1_core.model_card import redacted_config, refresh_model_card
+from lmmr1_core.plots import draw_stage_quietly
 from lmmr1_core.plugins import get_plugin_manager, lookup
 from lmmr1_core.runlock import RunLock
 from lmmr1_core.trainer import StageContext
@@ -311,6 +313,7 @@ def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None =
     order = stage_order(cfg, path)
     check_plugins(cfg, path)
     check_model_path(cfg, path, loading=True)
+    init_process_group()  # torchrun: join the job (each rank runs this same program)
     run_dir = Path(output_dir or cfg.output_dir) / cfg.name
     lock = RunLock(run_dir) if main_process() else None
     if lock is not None:
@@ -345,6 +348,7 @@ def _run(cfg: RunConfig, path: str, order: list[str], run_dir: Path, fresh: bool
         out = run_dir / name
         if (out / "final").exists():
             print(f"stage {name}: finished earlier ({out / 'final'}), skipping", file=sys.stderr)
+            draw_stage_quietly(out)  # a run from before pictures, or one killed before drawing, gets its PNG
             continue
         init = str(run_dir / st.init_from / "final") if st.init_from else cfg.model.path
         if st.init_from and not main_process():  # rank 0 may still be renaming it into place
@@ -373,6 +377,7 @@ def _run(cfg: RunConfig, path: str, order: list[str], run_dir: Path, fresh: bool
                 engine.close()
             backend.close()
         hook.on_stage_end(stage=name, output_dir=str(out), metrics=dict(ctx.counters))
+        draw_stage_quietly(out)  # curves.png beside metrics.jsonl
         if st.init_from and main_process():  # an eval of init_from's weights: its card lists the results
             refresh_model_card(cfg, st.init_from, run_dir)
         print(f"stage {name}: done -> {out / 'final'}", file=sys.stderr)

@@ -14,11 +14,12 @@ from lmmr1_core.plugins import registry
 
 ROOT = Path(__file__).parent.parent
 PROTOCOLS = [contracts.Backend, contracts.WithReference, contracts.WithCritic, contracts.WithRolloutWeights,
-             contracts.WithAdapter, contracts.RolloutEngine, contracts.Algorithm, contracts.Env,
-             contracts.Reward]  # fmt: skip
+             contracts.WithAdapter, contracts.WithDataParallel, contracts.RolloutEngine, contracts.Algorithm,
+             contracts.Env, contracts.Reward]  # fmt: skip
 CAPABILITY_PROTOCOL = {contracts.REFERENCE: contracts.WithReference, contracts.CRITIC: contracts.WithCritic,
                        contracts.ROLLOUT_WEIGHTS: contracts.WithRolloutWeights,
-                       contracts.ADAPTER: contracts.WithAdapter}  # fmt: skip
+                       contracts.ADAPTER: contracts.WithAdapter,
+                       contracts.DATA_PARALLEL: contracts.WithDataParallel}  # fmt: skip
 
 
 def members(proto) -> set[str]:

@@ -175,45 +175,54 @@ def test_data_parallel_share_covers_the_batch():
             assert [i for r in range(dp) for i in share(n, r, dp)] == list(range(n))
 
 
-def _critic_step(backend, prompts, completions) -> dict:
-    """A critic (from the current policy), one clipped step towards fixed targets, its values after."""
+def _critic_step(backend, prompts, completions, rows: list[int]) -> dict:
+    """A critic (from the current policy), one clipped step towards fixed targets on this replica's
+    ``rows``, its values after (this replica's rows)."""
     backend.make_critic(1e-2)
-    v = backend.values(prompts, completions)
-    target = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.0, 0.0], [2.0, 2.0, 2.0, 0.0]])
+    own = lambda x: [x[i] for i in rows]  # noqa: E731
+    v = backend.values(own(prompts), own(completions))
+    target = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.0, 0.0], [2.0, 2.0, 2.0, 0.0]])[rows, : v.shape[1]]
     ((v - target) ** 2).sum().backward()
     norm = backend.critic_step(0.5)
     with torch.no_grad():
-        after = backend.values(prompts, completions)
+        after = backend.values(own(prompts), own(completions))
     state = backend.critic_state()  # collective
     return {"before": v.detach(), "norm": norm, "after": after, "model": state["model"]}
 
 
 def _parallel_worker(model: str, tp: int, pp: int, out: str) -> dict:
     """log-probs, entropy, one clipped AdamW step, log-probs again, a one-row gradient norm (with two
-    data-parallel replicas one of them has no row), a greedy rollout and a save."""
+    data-parallel replicas the second one has no row), a greedy rollout and a save. Each data-parallel
+    replica computes its own rows (as the rl stage gives them): rank 0 keeps the first replica's."""
     import torch.distributed as dist
+
+    from lmmr1_core.distributed import share
 
     backend = _megatron(model, tensor_parallel=tp, pipeline_parallel=pp)
     prompts, completions = _vl_batch(backend)
+    dp_rank, dp, _ = backend.data_parallel()
+    rows = list(share(len(prompts), dp_rank, dp))
+    own = lambda x: [x[i] for i in rows]  # noqa: E731
     optimizer = backend.make_optimizer(1e-2, 0.01, (0.9, 0.999))
     backend.train()
-    logp, _, entropy = backend.logprobs(prompts, completions, with_entropy=True)
+    logp, _, entropy = backend.logprobs(own(prompts), own(completions), with_entropy=True)
     (-logp.sum()).backward()
     norm = backend.clip_grad_norm(0.5)
     optimizer.step()
     optimizer.zero_grad()
     with torch.no_grad():
-        after, _, _ = backend.logprobs(prompts, completions)
-    one, _, _ = backend.logprobs(prompts[:1], completions[:1])
-    (-one.sum()).backward()
+        after, _, _ = backend.logprobs(own(prompts), own(completions))
+    if dp_rank == 0:
+        one, _, _ = backend.logprobs(prompts[:1], completions[:1])
+        (-one.sum()).backward()
     norm_one = backend.clip_grad_norm(1e9)
     optimizer.zero_grad()
-    critic = _critic_step(backend, prompts, completions) if pp == 1 else None
-    rollout = backend.generate(prompts, 6, greedy=True)
+    critic = _critic_step(backend, prompts, completions, rows) if pp == 1 else None
+    rollout = backend.generate(own(prompts), 6, greedy=True)
     main = dist.get_rank() == 0
     backend.save(Path(out) / "hf" if main else None)
     result = {"logp": logp.detach(), "entropy": entropy, "norm": norm, "after": after, "rollout": rollout,
-              "norm_one": norm_one, "optimizer": optimizer.state_dict(), "critic": critic}  # fmt: skip
+              "norm_one": norm_one, "optimizer": optimizer.state_dict(), "critic": critic, "rows": rows}  # fmt: skip
     if main:
         torch.save(result, Path(out) / "result.pt")
     return result
@@ -236,13 +245,19 @@ def test_tensor_pipeline_and_data_parallel_match_tp1(tiny_vl, tmp_path, tp1_resu
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = torch.load(tmp_path / "result.pt")
-    assert (got["logp"] - ref["logp"]).abs().max().item() < ABS_TOL
-    assert (got["entropy"] - ref["entropy"]).abs().max().item() < ABS_TOL
-    assert abs(got["norm"] - ref["norm"]) < ABS_TOL * ref["norm"]
-    assert (got["after"] - ref["after"]).abs().max().item() < ABS_TOL  # the step changed the same weights alike
+    rows = got["rows"]  # the first replica's (all of them with one replica)
+    assert rows == ([0, 1] if dp > 1 else [0, 1, 2])
+
+    def ref_rows(t: torch.Tensor) -> torch.Tensor:
+        return t[rows]  # the longest completion is row 0's: the same width
+
+    assert (got["logp"] - ref_rows(ref["logp"])).abs().max().item() < ABS_TOL
+    assert (got["entropy"] - ref_rows(ref["entropy"])).abs().max().item() < ABS_TOL
+    assert abs(got["norm"] - ref["norm"]) < ABS_TOL * ref["norm"]  # the replicas' gradients summed
+    assert (got["after"] - ref_rows(ref["after"])).abs().max().item() < ABS_TOL  # the same step on every replica
     assert (got["after"] - got["logp"]).abs().max().item() > 1e-3
     assert abs(got["norm_one"] - ref["norm_one"]) < ABS_TOL * ref["norm_one"]
-    assert got["rollout"] == ref["rollout"]
+    assert got["rollout"] == [ref["rollout"][i] for i in rows]
     if dp > 1:  # one model-parallel rank: the state is the single process's, the same step
         assert "per_rank" not in got["optimizer"]
         ref_state, got_state = ref["optimizer"]["state"], got["optimizer"]["state"]
@@ -251,7 +266,7 @@ def test_tensor_pipeline_and_data_parallel_match_tp1(tiny_vl, tmp_path, tp1_resu
     if pp == 1:  # the critic: tensor-split, or its rows split over the replicas
         crit, ref_crit = got["critic"], ref["critic"]
         assert abs(crit["norm"] - ref_crit["norm"]) < ABS_TOL * ref_crit["norm"]
-        assert (crit["after"] - ref_crit["after"]).abs().max().item() < ABS_TOL
+        assert (crit["after"] - ref_rows(ref_crit["after"])).abs().max().item() < ABS_TOL
         assert ref_crit["after"].abs().max().item() > 0.1
         assert crit["model"].keys() == ref_crit["model"].keys()
         assert max((crit["model"][k] - ref_crit["model"][k]).abs().max().item() for k in crit["model"]) < 1e-3

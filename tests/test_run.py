@@ -264,7 +264,7 @@ class _InterruptAt:
             raise KeyboardInterrupt
 
 
-TIMING = {"tokens_per_s", "step_s", "generation_s", "train_s", "rollout/sync_s"}
+TIMING = {"tokens_per_s", "step_s", "generation_s", "scoring_s", "train_s", "rollout/sync_s"}
 
 
 def test_a_resumed_stage_equals_an_uninterrupted_one_exactly(tiny_text, tmp_path):

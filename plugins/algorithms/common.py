@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from lmmr1_core.distributed import current
+
 
 def group_mean_std(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample (group mean, group std, valid) over the applicable members of its group."""
@@ -23,12 +25,15 @@ def group_mean_std(rewards: torch.Tensor, group_size: int) -> tuple[torch.Tensor
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """Normalise ``x`` by the mean/std of its unmasked entries (the whole batch at once)."""
-    n = mask.sum().clamp(min=1)
-    mean = (x * mask).sum() / n
-    var = (((x - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1)
+    """Normalise ``x`` by the mean/std of its unmasked entries: the whole batch, over every data-parallel
+    replica's rows under torchrun (``lmmr1_core.distributed.current()``), as one process would."""
+    replicas = current()
+    n, total = replicas.sum([float(mask.sum()), float((x * mask).sum())]).tolist()
+    n = max(n, 1.0)
+    mean = total / n
+    var = float(replicas.sum([float((((x - mean) * mask) ** 2).sum())])) / max(n - 1, 1.0)
     out = (x - mean) if shift_mean else x
-    return out * torch.rsqrt(var + eps) * mask
+    return out * (var + eps) ** -0.5 * mask
 
 
 def last_valid_index(mask: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from lmmr1_core.contracts import ADAPTER, CRITIC, REFERENCE, ROLLOUT_WEIGHTS
+from lmmr1_core.contracts import ADAPTER, CRITIC, DATA_PARALLEL, REFERENCE, ROLLOUT_WEIGHTS
+from lmmr1_core.distributed import sum_gradients
 from lmmr1_core.errors import ConfigError, DataError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
@@ -122,9 +123,14 @@ def _hub_snapshot(repo_id: str) -> Path | None:
 
 
 class HFBackend:
-    """Policy (and optional frozen reference) as a transformers model on one device."""
+    """Policy (and optional frozen reference) as a transformers model on one device.
 
-    capabilities = frozenset({CRITIC, REFERENCE, ROLLOUT_WEIGHTS})
+    Under torchrun every rank holds a full copy (data parallel): each rolls out and trains its own rows,
+    and the gradients are summed over the ranks before each step (``clip_grad_norm``), so the copies stay
+    equal. No DDP wrapper: its backward hooks would make every rank run the same number of micro-batches.
+    """
+
+    capabilities = frozenset({CRITIC, REFERENCE, ROLLOUT_WEIGHTS, DATA_PARALLEL})
 
     def __init__(
         self,
@@ -445,6 +451,7 @@ class HFBackend:
 
     def critic_step(self, max_norm: float) -> float:
         params = [*self.critic.parameters(), *self.value_head.parameters()]
+        sum_gradients([p for p in params if p.requires_grad])
         norm = float(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm))
         self.critic_optimizer.step()
         self.critic_optimizer.zero_grad(set_to_none=True)
@@ -462,7 +469,16 @@ class HFBackend:
         self.value_head.load_state_dict(state["head"])
         self.critic_optimizer.load_state_dict(state["optimizer"])
 
+    def data_parallel(self) -> tuple[int, int, Any]:
+        """Every rank is a replica (the default process group joins them)."""
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            return 0, 1, None
+        return dist.get_rank(), dist.get_world_size(), None
+
     def clip_grad_norm(self, max_norm: float) -> float:
+        sum_gradients([p for p in self.model.parameters() if p.requires_grad])  # torchrun: over the replicas
         params = [p for p in self.model.parameters() if p.grad is not None]
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
 
@@ -474,6 +490,8 @@ class HFBackend:
         vLLM and transformers then load it exactly as they load the original checkpoint. With LoRA: the
         adapter (``adapter/``) beside those files, no weights; ``save_merged`` adds the merged weights.
         """
+        if out_dir is None:  # torchrun, not rank 0: the replicas are equal, rank 0 writes
+            return
         out_dir = Path(out_dir)
         if self.peft is not None:
             from lmmr1_plugins.models.lora import save_adapter
@@ -486,6 +504,8 @@ class HFBackend:
 
     def save_merged(self, out_dir: str | Path) -> None:
         """The base weights with the adapter folded in, as a plain HF checkpoint (``final/``)."""
+        if out_dir is None:
+            return
         from lmmr1_plugins.models.lora import merged_state_dict
 
         self._save_weights(Path(out_dir), merged_state_dict(self.model) if self.peft is not None else None)

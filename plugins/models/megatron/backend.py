@@ -8,13 +8,14 @@ Who does what:
   3-D multimodal positions come from the HF model's own ``get_rope_index``.
 
 Weights flow one way: after each optimizer step the HF language weights are stale; before the next
-``generate`` or ``save`` the shards are gathered and converted into rank 0's HF model. Rank 0 alone
-generates (with the hf engine) and broadcasts the completions and its RNG state, so every rank
-trains on the same batch and draws the same random numbers afterwards. Rank 0 alone writes files.
+``generate`` or ``save`` each data-parallel replica's shards are gathered and converted into its first
+rank's HF model (the replica's leader). The leader generates (with the hf engine) and broadcasts the
+completions and its RNG state over the replica's model-parallel group, so its TP/PP ranks train on the
+same rows and draw the same random numbers afterwards. Rank 0 alone writes files.
 
-Data parallel: ``world_size / (TP x PP)`` model replicas. Every rank still runs the whole loop on the
-whole batch; ``logprobs`` computes only this replica's share of the rows and all-gathers the rest
-(detached), and ``clip_grad_norm`` sums the gradients over the replicas (see ``logprobs``).
+Data parallel: ``world_size / (TP x PP)`` model replicas (``data_parallel()``). Under torchrun the core
+gives each replica its own prompt groups (``lmmr1_core.distributed``); ``logprobs`` and ``values`` see
+only those rows, and ``clip_grad_norm`` sums the gradients over the replicas before the step.
 """
 
 from __future__ import annotations
@@ -24,22 +25,21 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from lmmr1_plugins.models.hf import HFBackend, Prompt, _pick_device, token_logprobs
 from lmmr1_plugins.models.megatron import pipeline
 from lmmr1_plugins.models.megatron.convert import from_megatron, hf_lm_params, to_megatron
 from lmmr1_plugins.models.megatron.model import build_gpt, lm_shape
-from lmmr1_plugins.models.megatron.parallel import init_parallel, share
+from lmmr1_plugins.models.megatron.parallel import init_parallel
 from lmmr1_plugins.models.megatron.train import MegatronAdamW, clip_grad_norm
 
-from lmmr1_core.contracts import CRITIC, REFERENCE, ROLLOUT_WEIGHTS
+from lmmr1_core.contracts import CRITIC, DATA_PARALLEL, REFERENCE, ROLLOUT_WEIGHTS
 from lmmr1_core.errors import ConfigError
 
 
 class MegatronBackend:
     """Policy (and optional frozen reference) as megatron-core shards; see the module docstring."""
 
-    capabilities = frozenset({CRITIC, REFERENCE, ROLLOUT_WEIGHTS})
+    capabilities = frozenset({CRITIC, REFERENCE, ROLLOUT_WEIGHTS, DATA_PARALLEL})
 
     def __init__(
         self,
@@ -66,6 +66,9 @@ class MegatronBackend:
         self.dp, self.dp_rank = mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank()
         self.dp_group = mpu.get_data_parallel_group()
         self.rank = dist.get_rank()
+        self.mp_group = mpu.get_model_parallel_group()
+        self.leader_rank = dist.get_global_rank(self.mp_group, 0)  # generates and holds the HF weights
+        self.leader = self.rank == self.leader_rank
         self.shape = lm_shape(self.hf.model.config, tensor_parallel)
         self.gpt = build_gpt(self.shape, tensor_parallel, pipeline_parallel, self.dtype, self.device)
         self.load_hf_weights(self.gpt, hf_lm_params(self.hf.model))
@@ -112,17 +115,16 @@ class MegatronBackend:
                 p.copy_(shard[name])
 
     def gather_hf_state(self, gpt: torch.nn.Module | None = None) -> dict[str, torch.Tensor] | None:
-        """The full HF language-model state of ``gpt`` (the policy by default), merged from every rank's
-        shard: on rank 0 (None elsewhere).
+        """The full HF language-model state of ``gpt`` (the policy by default), merged from this replica's
+        shards: on the replica's leader (its first rank; None elsewhere). Rank 0 leads the first replica.
 
-        Collective over all ranks; only the first data-parallel replica's shards are gathered (the
-        replicas are equal), the others only join the pipeline's metadata exchange."""
+        Collective over the ranks of each replica (the model-parallel group)."""
         from megatron.core import parallel_state as mpu
 
         gpt = self.gpt if gpt is None else gpt
         local = {k: v.detach() for k, v in gpt.state_dict().items() if not k.endswith("_extra_state")}
-        shards: list[dict[str, torch.Tensor]] = []  # stays empty off the first replica (its TP group included)
-        if self.dp_rank == 0 and self.tp > 1:
+        shards: list[dict[str, torch.Tensor]] = [local]
+        if self.tp > 1:
             group = mpu.get_tensor_model_parallel_group()
             shards = [{} for _ in range(self.tp)]
             for key in sorted(local):
@@ -130,24 +132,24 @@ class MegatronBackend:
                 dist.all_gather(parts, local[key].contiguous(), group=group)
                 for i, part in enumerate(parts):
                     shards[i][key] = part
-        elif self.dp_rank == 0:
-            shards = [local]
-        part = from_megatron(shards, self.shape, self.pp_rank, self.pp) if shards and self.tp_rank == 0 else {}
+        part = from_megatron(shards, self.shape, self.pp_rank, self.pp) if self.tp_rank == 0 else {}
         if self.pp == 1:
-            return part if self.rank == 0 else None
-        # each stage's tensor-rank-0 sends its HF tensors to rank 0
-        metas: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(metas, {k: (tuple(v.shape), v.dtype) for k, v in part.items()})
-        full = dict(part) if self.rank == 0 else None
+            return part if self.leader else None
+        # each stage's tensor-rank-0 sends its HF tensors to the replica's leader
+        group = mpu.get_model_parallel_group()
+        metas: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(metas, {k: (tuple(v.shape), v.dtype) for k, v in part.items()}, group=group)
+        full = dict(part) if self.leader else None
         for src, meta in enumerate(metas):
             if src == 0 or not meta:
                 continue
+            src_rank = dist.get_global_rank(group, src)
             for key in sorted(meta):
-                if self.rank == src:
-                    dist.send(part[key], 0)
-                elif self.rank == 0:
+                if self.rank == src_rank:
+                    dist.send(part[key], self.leader_rank)
+                elif self.leader:
                     buf = torch.empty(meta[key][0], dtype=meta[key][1], device=self.device)
-                    dist.recv(buf, src)
+                    dist.recv(buf, src_rank)
                     full[key] = buf
         return full
 
@@ -168,29 +170,35 @@ class MegatronBackend:
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                  greedy: bool = False, return_logprobs: bool = False):  # fmt: skip
-        """Rank 0 generates with the HF model (weights synced from megatron); every rank gets its result."""
+        """The replica's leader generates with the HF model (weights synced from megatron); every rank of
+        the replica gets its result (they all pass the same prompts)."""
         self._sync_hf()
         args = (prompts, max_new_tokens, temperature, top_p, greedy, return_logprobs)
-        if dist.get_world_size() == 1:
+        if dist.get_world_size(self.mp_group) == 1:
             return self.hf.generate(*args)
         payload: list[Any] = [None]
-        if self.rank == 0:
+        if self.leader:
             completions = self.hf.generate(*args)
             cuda_rng = torch.cuda.get_rng_state() if self.device.type == "cuda" else None
             payload = [(completions, torch.get_rng_state(), cuda_rng)]
-        dist.broadcast_object_list(payload, 0, device=self.device if self.device.type == "cuda" else None)
+        device = self.device if self.device.type == "cuda" else None
+        dist.broadcast_object_list(payload, self.leader_rank, group=self.mp_group, device=device)
         completions, cpu_rng, cuda_rng = payload[0]
         torch.set_rng_state(cpu_rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state(cuda_rng)
         return completions
 
+    def data_parallel(self) -> tuple[int, int, Any]:
+        return self.dp_rank, self.dp, self.dp_group
+
     @property
     def is_vl(self) -> bool:
         return self.hf.is_vl
 
     def rollout_state_dict(self) -> dict[str, torch.Tensor]:
-        """The full weights under HF names, for a rollout engine (one process: rank 0 holds them)."""
+        """The full weights under HF names, for a rollout engine: the replica's leader holds them (a rollout
+        engine per rank needs ``tensor_parallel: 1`` and ``pipeline_parallel: 1``, each rank a replica)."""
         self._sync_hf()
         return self.hf.rollout_state_dict()
 
@@ -256,59 +264,13 @@ class MegatronBackend:
         with_entropy: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs of each completion: ``(logp [B, T], mask [B, T], entropy | None)``, the same
-        values on every rank.
-
-        With data parallel, this replica computes only its share of the rows (``parallel.share``: a
-        contiguous chunk, possibly empty) and gets the other replicas' rows by an all-gather over the
-        data-parallel group, detached. So every rank computes the same loss from the returned tensor,
-        its backward reaches only this replica's rows, and ``clip_grad_norm`` sums the gradients over
-        the replicas: exactly the gradient of one replica that computed every row."""
+        values on every rank of the replica (each replica is given its own rows by the core)."""
         if reference and self.reference is None:
             raise RuntimeError("no reference model: call make_reference() first")
         T = max(len(c) for c in completions)
         mask = torch.tensor([[1.0] * len(c) + [0.0] * (T - len(c)) for c in completions], device=self.device)
-        if self.dp == 1:
-            logp, entropy = self._replica_logprobs(prompts, completions, temperature, reference, with_entropy)
-            return logp, mask, entropy
-
-        def replica(p: list[Prompt], c: list[list[int]]) -> list[torch.Tensor]:
-            return [t for t in self._replica_logprobs(p, c, temperature, reference, with_entropy) if t is not None]
-
-        full = self._over_replicas(replica, prompts, completions, 2 if with_entropy else 1, graph=not reference)
-        return full[0], mask, (full[1].detach() if with_entropy else None)
-
-    def _over_replicas(self, fn, prompts: list[Prompt], completions: list[list[int]], k: int,
-                       graph: bool) -> list[torch.Tensor]:  # fmt: skip
-        """``fn(prompts, completions) -> k [b, t] tensors`` on this replica's share of the rows
-        (``parallel.share``: a contiguous chunk, possibly empty), the other replicas' rows gathered.
-        ``graph``: a replica with no rows still returns a first tensor loss.backward() can run through."""
-        T = max(len(c) for c in completions)
-        rows = share(len(completions), self.dp_rank, self.dp)
-        own = None
-        if rows:
-            mine = fn([prompts[i] for i in rows], [completions[i] for i in rows])
-            own = [F.pad(t, (0, T - t.shape[1])) for t in mine]
-        full = self._gather_rows(own, len(completions), T, k)
-        if not rows and graph and torch.is_grad_enabled():
-            full[0] = full[0] + self._anchor.sum()
-        return full
-
-    def _gather_rows(self, own: list[torch.Tensor] | None, B: int, T: int, k: int) -> list[torch.Tensor]:
-        """``k`` float ``[B, T]`` tensors from each replica's rows (``own``: this replica's ``k`` tensors, None
-        for no rows), by one all-gather over the data-parallel group; this replica's rows keep their graph."""
-        n = len(share(B, 0, self.dp))  # the largest share: every replica sends that many rows
-        buf = torch.zeros(k, n, T, dtype=torch.float32, device=self.device)
-        if own is not None:
-            buf[:, : own[0].shape[0]] = torch.stack([t.detach().float() for t in own])
-        parts = [torch.empty_like(buf) for _ in range(self.dp)]
-        dist.all_gather(parts, buf, group=self.dp_group)
-        out = []
-        for i in range(k):
-            rows = [parts[r][i, : len(share(B, r, self.dp))] for r in range(self.dp)]
-            if own is not None:
-                rows[self.dp_rank] = own[i]
-            out.append(torch.cat(rows))
-        return out
+        logp, entropy = self._replica_logprobs(prompts, completions, temperature, reference, with_entropy)
+        return logp, mask, entropy
 
     def _replica_logprobs(self, prompts: list[Prompt], completions: list[list[int]], temperature: float,
                           reference: bool, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
@@ -417,14 +379,11 @@ class MegatronBackend:
 
     def values(self, prompts: list[Prompt], completions: list[list[int]]) -> torch.Tensor:
         """``V(s_t)`` for each completion token: the value head over the critic's final (normed) hidden
-        state before the token, ``[B, T]``, the same on every rank; split over data-parallel replicas
-        and gathered like ``logprobs`` (the critic's gradients are summed over them in ``critic_step``)."""
+        state before the token, ``[B, T]``, the same on every rank of the replica (the critic's gradients
+        are summed over the replicas in ``critic_step``)."""
         if self.critic is None:
             raise RuntimeError("no critic: call make_critic() first")
-        if self.dp == 1:
-            return self._replica_values(prompts, completions)
-        (v,) = self._over_replicas(lambda p, c: [self._replica_values(p, c)], prompts, completions, 1, graph=True)
-        return v
+        return self._replica_values(prompts, completions)
 
     def _replica_values(self, prompts: list[Prompt], completions: list[list[int]]) -> torch.Tensor:
         gpt = self.critic

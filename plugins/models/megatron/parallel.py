@@ -8,11 +8,11 @@ backward); on a CPU-only run ``cpu_as_current_device`` makes that answer ``"cpu"
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from lmmr1_core.distributed import init_process_group, share  # noqa: F401 (share: re-exported)
 from lmmr1_core.errors import ConfigError
 
 
@@ -21,14 +21,10 @@ def init_parallel(tensor_parallel: int, pipeline_parallel: int, device: torch.de
     ``world_size / (TP x PP)`` replicas (data parallel), which the world size must be a multiple of."""
     from megatron.core import parallel_state as mpu
 
-    if not dist.is_initialized():
+    init_process_group()  # torchrun with more than one process: join it
+    if not dist.is_initialized():  # one process: a group of one
         backend = "nccl" if device.type == "cuda" else "gloo"
-        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun
-            if device.type == "cuda":
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-            dist.init_process_group(backend, timeout=timedelta(minutes=30))
-        else:
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     world = dist.get_world_size()
     split = tensor_parallel * pipeline_parallel
     if world % split:
@@ -58,11 +54,3 @@ def cpu_as_current_device() -> None:
     """On a CPU-only run, ``torch.cuda.current_device()`` (which would raise) names the CPU."""
     if not torch.cuda.is_available():
         torch.cuda.current_device = lambda: "cpu"
-
-
-def share(n: int, dp_rank: int, dp_size: int) -> range:
-    """The rows of an ``n``-row batch that data-parallel rank ``dp_rank`` computes: a contiguous chunk,
-    the first ``n % dp_size`` ranks one row more (a rank gets none when ``n < dp_size``)."""
-    base, extra = divmod(n, dp_size)
-    start = dp_rank * base + min(dp_rank, extra)
-    return range(start, start + base + (dp_rank < extra))

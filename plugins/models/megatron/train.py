@@ -23,6 +23,7 @@ import math
 import torch
 import torch.distributed as dist
 
+from lmmr1_core.distributed import sum_gradients
 from lmmr1_core.errors import ConfigError
 
 
@@ -87,44 +88,13 @@ def tied_across_stages(gpt) -> bool:
     return getattr(gpt, "tied_across_stages", False)
 
 
-_BUCKET = 1 << 25  # elements per all-reduce of the data-parallel gradient sum
-
-
 def sum_over_replicas(params: list[torch.Tensor]) -> None:
-    """Sum the gradients of ``params`` over the data-parallel group (in place).
-
-    A parameter without a gradient on any replica keeps none (AdamW then skips it, as one replica
-    would, e.g. the vision tower on a text-only batch); one with a gradient somewhere gets the sum
-    everywhere (a replica whose rows did not reach it contributes zeros).
-    """
+    """Sum the gradients of ``params`` over the data-parallel group (``lmmr1_core.distributed.sum_gradients``)."""
     from megatron.core import parallel_state as mpu
 
     if not dist.is_initialized() or mpu.get_data_parallel_world_size() == 1 or not params:
         return
-    group = mpu.get_data_parallel_group()
-    has = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
-    dist.all_reduce(has, group=group)
-    live = [p for p, h in zip(params, has.tolist()) if h > 0]
-    for p in live:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for p in live:
-        by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
-    for grads in by_dtype.values():  # flattened into buckets: a few large collectives, not one per tensor
-        start = 0
-        while start < len(grads):
-            end, size = start, 0
-            while end < len(grads) and (end == start or size + grads[end].numel() <= _BUCKET):
-                size += grads[end].numel()
-                end += 1
-            flat = torch.cat([g.reshape(-1) for g in grads[start:end]])
-            dist.all_reduce(flat, group=group)
-            offset = 0
-            for g in grads[start:end]:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
-            start = end
+    sum_gradients(params, mpu.get_data_parallel_group())
 
 
 def clip_grad_norm(gpt: torch.nn.Module, visual: torch.nn.Module | None, max_norm: float) -> float:
