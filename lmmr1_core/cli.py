@@ -245,6 +245,27 @@ def episodes_show(run_dir: str, stage: str | None, index: int, out: str | None) 
     click.echo(f"wrote {render_episode(run_dir, stage, index, out)}")
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--metric", "metrics", multiple=True, help="a metrics.jsonl key to draw (repeatable; default: rewards)")
+@click.option("--compare", "others", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="another run directory to overlay, stage by stage (repeatable)")  # fmt: skip
+@click.option("--out", default=None, help="--compare: folder for the PNGs (default: RUN_DIR/compare)")
+def plot(run_dir: str, metrics: tuple[str, ...], others: tuple[str, ...], out: str | None) -> None:
+    """Redraw each stage's curves.png of RUN_DIR, or overlay other runs' curves on it (--compare)."""
+    from lmmr1_core.errors import ConfigError
+    from lmmr1_core.plots import compare_runs, draw_stage, stage_dirs
+
+    if others:
+        paths = compare_runs([run_dir, *others], list(metrics) or None, out)
+    else:
+        paths = [p for p in (draw_stage(s, list(metrics) or None) for s in stage_dirs(run_dir)) if p]
+    if not paths:
+        raise ConfigError(f"{run_dir}: no stage with logged steps (metrics.jsonl) to draw")
+    for p in paths:
+        click.echo(f"wrote {p}")
+
+
 @main.group()
 def new() -> None:
     """Start a plugin package from a template."""
