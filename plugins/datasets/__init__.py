@@ -4,6 +4,7 @@ from lmmr1_plugins.datasets.arithmetic import arithmetic
 from lmmr1_plugins.datasets.benchmarks import LOADERS
 from lmmr1_plugins.datasets.files import hub, json_file, jsonl, parquet, saved
 from lmmr1_plugins.datasets.generators import geometry, perce_reason
+from lmmr1_plugins.datasets.perception import perception
 
 from lmmr1_core import hookimpl
 
@@ -18,5 +19,6 @@ def register_datasets(register):
     register("arithmetic", arithmetic)
     register("geometry", geometry)
     register("perce_reason", perce_reason)
+    register("perception", perception)
     for name, loader in LOADERS.items():
         register(name, loader)
