@@ -15,6 +15,7 @@ only where a logit is read), against the GPU's dense bf16 peak (``--peak-tflops`
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -59,6 +60,9 @@ def build_model_dir(kind: str, out: Path) -> Path:
     del model
     torch.cuda.empty_cache()
     return path
+
+
+PIXELS = {"min_pixels": 4 * 28 * 28, "max_pixels": 16384 * 28 * 28}  # Qwen2.5-VL's (and the recipes') bounds
 
 
 def timed(fn):
@@ -117,7 +121,8 @@ def one_step(backend, args) -> dict[str, float]:
     n_gen = sum(len(c) for c in completions)
     n_tok = sum(len(p.input_ids) + len(c) for p, c in zip(prompts, completions))
     stats = {"generate_s": t_gen, "logprob_s": t_score, "train_s": t_train, "gen_tok_s": n_gen / t_gen,
-             "logprob_tok_s": n_tok / t_score, "train_tok_s": n_tok / t_train}  # fmt: skip
+             "logprob_tok_s": n_tok / t_score, "train_tok_s": n_tok / t_train,
+             "prompt_tokens": sum(len(p.input_ids) for p in prompts) / len(prompts)}  # fmt: skip
     config, rows = AutoConfig.from_pretrained(str(backend.path)), rows_of(prompts, completions)
     flops = {"generate": generate_flops(config, rows), "logprob": forward_flops(config, rows),
              "train": train_flops(config, rows)}  # fmt: skip
@@ -140,9 +145,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--prompt-len", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--image-size", type=int, default=0, help="each prompt also shows an S x S image (0: text)")
+    ap.add_argument("--image-size", default="0",
+                    help="each prompt also shows an S x S image (0: text only); a comma list runs each in turn, "
+                    "loading each backend once")  # fmt: skip
     ap.add_argument("--peak-tflops", type=float, default=989.0)
+    ap.add_argument("--json", action="store_true", help="one JSON line per backend (benchmarks/gpu_check.py)")
     args = ap.parse_args()
+    sizes = [int(x) for x in str(args.image_size).split(",")]
     cuda = torch.cuda.is_available()
     kind = args.model if args.model != "auto" else ("3b" if cuda else "tiny")
     if not cuda:
@@ -163,19 +172,27 @@ def main() -> None:
                 continue
             from lmmr1_plugins.models.hf import HFBackend
 
-            backend = HFBackend(str(path), dtype=dtype)
+            backend = HFBackend(str(path), dtype=dtype, **PIXELS)
         else:
             from lmmr1_plugins.models.megatron.backend import MegatronBackend
 
-            backend = MegatronBackend(str(path), dtype=dtype, tensor_parallel=args.tp, pipeline_parallel=args.pp)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        one_step(backend, args)  # warm-up (allocator, kernels)
-        stats = one_step(backend, args)
-        if rank == 0:
-            shown = "  ".join(f"{k}={v:.3g}" for k, v in stats.items())
-            print(f"{kind} {name} tp={args.tp if name != 'hf' else 1} pp={args.pp if name != 'hf' else 1} "
-                  f"batch={args.batch}x({args.prompt_len}+{args.new_tokens}): {shown}", flush=True)  # fmt: skip
+            backend = MegatronBackend(str(path), dtype=dtype, tensor_parallel=args.tp, pipeline_parallel=args.pp,
+                                      **PIXELS)
+        for size in sizes:
+            args.image_size = size
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            one_step(backend, args)  # warm-up (allocator, kernels)
+            stats = one_step(backend, args)
+            if rank == 0 and args.json:
+                print(json.dumps({"model": kind, "backend": name, "tp": args.tp if name != "hf" else 1,
+                                  "image_size": size, **stats}), flush=True)  # fmt: skip
+            elif rank == 0:
+                shown = "  ".join(f"{k}={v:.3g}" for k, v in stats.items())
+                image = f" + {size}px image" if size else ""
+                split = f"tp={args.tp if name != 'hf' else 1} pp={args.pp if name != 'hf' else 1}"
+                print(f"{kind} {name} {split} batch={args.batch}x({args.prompt_len}{image}+{args.new_tokens}): "
+                      f"{shown}", flush=True)  # fmt: skip
         del backend
         if cuda:
             torch.cuda.empty_cache()
