@@ -6,6 +6,14 @@ mode), so a weight sync is a function call handing the trainer's tensors to the 
 hook on the optimizer the backend builds); the next ``generate`` syncs first. With several optimizer
 steps per rollout (epochs x mini-batches) that is one sync per rollout, not per step.
 
+Under torchrun every rank builds its own engine with vLLM's ``external_launcher`` executor (vLLM's
+documented way to run offline inference inside torchrun processes; TRL's colocate mode uses it):
+``world / tensor_parallel`` engines, each generating its own data-parallel replica's prompts and syncing
+from that replica's weights. An engine's tensor-parallel group must pass identical prompts, so
+``tensor_parallel > 1`` needs a trainer replica of the same ranks (megatron with the same
+``tensor_parallel``, ``pipeline_parallel: 1``). On CUDA the engine sleeps while the trainer trains (vLLM's
+sleep mode: its weights move to CPU memory and its KV cache is freed) and wakes for the next rollout.
+
 Log-probs of the sampled tokens come back with every sample ("processed" log-probs: after the
 temperature, as the trainer computes them), so the trainer can measure and correct the mismatch
 between the two engines (``algorithm.tis_cap``).
@@ -22,7 +30,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmmr1_core.contracts import ADAPTER, ROLLOUT_WEIGHTS
+from lmmr1_core.contracts import ADAPTER, DATA_PARALLEL, ROLLOUT_WEIGHTS
 from lmmr1_core.errors import ConfigError
 
 
@@ -60,6 +68,7 @@ class VLLMOptions(BaseModel):
         None, description="no compilation or CUDA graphs (faster start, slower decode); default: on CPU only"
     )
     kv_cache_gb: float = Field(1.0, gt=0, description="on CPU: KV-cache size in GiB")
+    sleep: bool = Field(True, description="on CUDA: free the engine's memory while the trainer trains (sleep mode)")
     tensor_parallel: int = Field(
         1,
         ge=1,
@@ -75,6 +84,7 @@ class VLLMRollout:
 
     def __init__(self, backend: Any, max_model_len: int, seed: int = 0, **options: Any) -> None:
         vllm = _import_vllm()
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         self.backend = backend
         self.last_sync_s = 0.0  # reported per step as rollout/sync_s
         # an adapter backend's `path` holds its base weights: the adapter (a resumed one) is synced in first
@@ -96,6 +106,13 @@ class VLLMRollout:
             kwargs["kv_cache_memory_bytes"] = int(options.get("kv_cache_gb", 1.0) * (1 << 30))
         else:
             kwargs["gpu_memory_utilization"] = options.get("gpu_memory_utilization", 0.4)
+        self.sleeps = not on_cpu and options.get("sleep", True)  # vLLM's sleep mode is CUDA-only
+        if self.sleeps:
+            kwargs["enable_sleep_mode"] = True
+        if world > 1:  # one engine per rank (or per tensor-parallel group) inside the torchrun job
+            tp = options.get("tensor_parallel", 1)
+            kwargs.update(distributed_executor_backend="external_launcher", tensor_parallel_size=tp,
+                          data_parallel_size=world // tp)  # fmt: skip
         if backend.is_vl:
             try:
                 import torchvision  # noqa: F401
@@ -114,6 +131,7 @@ class VLLMRollout:
         from vllm.inputs import TokensPrompt
 
         self._tokens_prompt = TokensPrompt
+        self._asleep = False
 
     # -- weights ---------------------------------------------------------------------------------
 
@@ -123,6 +141,7 @@ class VLLMRollout:
     def sync_weights(self) -> float:
         """Copy the trainer's weights into the engine; returns the seconds it took."""
         t0 = time.perf_counter()
+        self._wake()
         state = self.backend.rollout_state_dict()
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
         self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
@@ -146,6 +165,7 @@ class VLLMRollout:
         """The backend's ``generate`` contract, on vLLM: one completion per prompt, ending at its EOS."""
         if self._stale:
             self.sync_weights()
+        self._wake()
         params = self._sampling_params(
             max_tokens=max_new_tokens,
             temperature=0.0 if greedy else temperature,
@@ -157,6 +177,9 @@ class VLLMRollout:
         )
         inputs = [self._input(p) for p in prompts]
         outs = self.llm.generate(inputs, params, use_tqdm=False)
+        if self.sleeps:  # the trainer gets the memory back until the next rollout
+            self.llm.sleep(level=1)
+            self._asleep = True
         completions = [list(o.outputs[0].token_ids) for o in outs]
         if not return_logprobs:
             return completions
@@ -164,6 +187,11 @@ class VLLMRollout:
             [step[tok].logprob for step, tok in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)] for o in outs
         ]
         return completions, logprobs
+
+    def _wake(self) -> None:
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
 
     def _input(self, prompt: Any) -> dict[str, Any]:
         """Token ids as they are, except that vLLM expands each image's placeholder itself: a run of image
@@ -202,10 +230,8 @@ def vllm_engine(backend: Any, model: Any, stage: Any) -> VLLMRollout | None:
     if ROLLOUT_WEIGHTS not in backend.capabilities:
         raise ConfigError(f"model.rollout.engine: vllm loads the trainer's weights; {type(backend).__name__} "
                           f"does not declare {ROLLOUT_WEIGHTS!r}")  # fmt: skip
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        raise ConfigError("model.rollout.engine: vllm runs in one process; with several (torchrun) use "
-                          "`model.rollout.engine: backend`")  # fmt: skip
     opts = VLLMOptions(**model.rollout.engine_config())
+    _check_engine_world(backend, opts.tensor_parallel)
     gen = stage.generation
     max_len = opts.max_model_len
     if max_len is None:
@@ -219,3 +245,22 @@ def vllm_engine(backend: Any, model: Any, stage: Any) -> VLLMRollout | None:
 
 
 vllm_engine.options = VLLMOptions
+
+
+def _check_engine_world(backend: Any, tensor_parallel: int) -> None:
+    """Under torchrun an engine's tensor-parallel ranks must hold the same rows: one trainer replica."""
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    if tensor_parallel > world:
+        raise ConfigError(f"model.rollout.tensor_parallel: {tensor_parallel} is larger than the {world} "
+                          "process(es) of this run")  # fmt: skip
+    if world % tensor_parallel:
+        raise ConfigError(f"model.rollout.tensor_parallel: {tensor_parallel} does not divide the {world} processes")
+    if world == 1 or tensor_parallel == 1:
+        return
+    replica_ranks = world // backend.data_parallel()[1] if DATA_PARALLEL in backend.capabilities else world
+    if replica_ranks != tensor_parallel or getattr(backend, "pp", 1) != 1:
+        raise ConfigError(
+            f"model.rollout.tensor_parallel: {tensor_parallel}: an engine's tensor-parallel ranks must pass the same "
+            f"prompts, so they must form one trainer replica; this backend's replicas have {replica_ranks} rank(s). "
+            "Use rollout tensor_parallel 1 (one engine per rank), or the megatron backend with the same "
+            "tensor_parallel and pipeline_parallel 1")  # fmt: skip

@@ -116,7 +116,8 @@ class MegatronBackend:
 
     def gather_hf_state(self, gpt: torch.nn.Module | None = None) -> dict[str, torch.Tensor] | None:
         """The full HF language-model state of ``gpt`` (the policy by default), merged from this replica's
-        shards: on the replica's leader (its first rank; None elsewhere). Rank 0 leads the first replica.
+        shards: on the replica's leader (its first rank; None elsewhere), on each of its ranks with pipeline
+        parallel 1. Rank 0 leads the first replica.
 
         Collective over the ranks of each replica (the model-parallel group)."""
         from megatron.core import parallel_state as mpu
@@ -132,9 +133,9 @@ class MegatronBackend:
                 dist.all_gather(parts, local[key].contiguous(), group=group)
                 for i, part in enumerate(parts):
                     shards[i][key] = part
+        if self.pp == 1:  # every rank of the replica holds every shard now: each converts (a rollout engine
+            return from_megatron(shards, self.shape, 0, 1)  # with the same tensor_parallel loads on each)
         part = from_megatron(shards, self.shape, self.pp_rank, self.pp) if self.tp_rank == 0 else {}
-        if self.pp == 1:
-            return part if self.leader else None
         # each stage's tensor-rank-0 sends its HF tensors to the replica's leader
         group = mpu.get_model_parallel_group()
         metas: list[Any] = [None] * dist.get_world_size(group)
@@ -197,8 +198,8 @@ class MegatronBackend:
         return self.hf.is_vl
 
     def rollout_state_dict(self) -> dict[str, torch.Tensor]:
-        """The full weights under HF names, for a rollout engine: the replica's leader holds them (a rollout
-        engine per rank needs ``tensor_parallel: 1`` and ``pipeline_parallel: 1``, each rank a replica)."""
+        """The full weights under HF names, for a rollout engine: every rank of the replica holds them with
+        pipeline parallel 1 (an engine per rank, or one per replica with the same tensor_parallel)."""
         self._sync_hf()
         return self.hf.rollout_state_dict()
 
