@@ -47,6 +47,9 @@ class _Group(click.Group):
 @click.version_option(package_name="lmmr1")
 def main() -> None:
     """lmmr1: verifiable-reward RL for (multimodal) language models, built from plugins."""
+    from lmmr1_core.threads import prepare_environment
+
+    prepare_environment()  # before anything loads torch: OpenMP reads its wait policy once, at load
 
 
 @main.command()
@@ -62,9 +65,11 @@ def run(file: str, overrides: tuple[str, ...], output_dir: str | None, fresh: bo
         _torchrun(nproc_per_node)
     from lmmr1_core.config import load_config
     from lmmr1_core.run import run as run_stages
+    from lmmr1_core.threads import configure_torch
 
     cfg = load_config(file, list(overrides))
     _quiet_libraries()
+    configure_torch(cfg.model.threads)
     run_dir = run_stages(cfg, file, fresh=fresh, output_dir=output_dir)
     click.echo(f"done: {run_dir}")
 
@@ -185,6 +190,7 @@ def eval_command(model_path, data_specs, reward_names, k, max_new_tokens, temper
     """Evaluate a model on data sets: greedy accuracy, or mean@k / pass@k; writes results.json and a table."""
     from lmmr1_core.config import RunConfig
     from lmmr1_core.run import run as run_stages
+    from lmmr1_core.threads import configure_torch
 
     cfg = RunConfig.model_validate({
         "name": name,
@@ -200,6 +206,7 @@ def eval_command(model_path, data_specs, reward_names, k, max_new_tokens, temper
         }},
     })  # fmt: skip
     _quiet_libraries()
+    configure_torch(cfg.model.threads)
     run_dir = run_stages(cfg, "lmmr1 eval", fresh=True)
     click.echo((run_dir / "eval/final/table.txt").read_text(), nl=False)
     click.echo(f"results: {run_dir / 'eval/final/results.json'}")

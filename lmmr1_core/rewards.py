@@ -25,6 +25,7 @@ from typing import Any
 
 from lmmr1_core.errors import RewardError
 from lmmr1_core.secrets import resolve
+from lmmr1_core.threads import single_thread
 
 
 def _worker(conn, fn, parent_end) -> None:
@@ -32,6 +33,7 @@ def _worker(conn, fn, parent_end) -> None:
     # never tell us the trainer died (a SIGKILL): watch the parent pid as well.
     parent_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; we exit with it
+    single_thread()  # workers run beside the trainer: a thread per core each would oversubscribe the CPUs
     parent = os.getppid()
     while True:
         while not conn.poll(1.0):
@@ -73,7 +75,9 @@ def _reply_once(conn, fn, prompts, completions, columns) -> None:
 
 
 def default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    from lmmr1_core.threads import usable_cpus
+
+    return min(4, usable_cpus())
 
 
 @dataclass
