@@ -6,8 +6,9 @@ the world size, so ``lmmr1 validate --nproc-per-node N`` answers on a laptop, an
 at start under torchrun (``WORLD_SIZE``).
 
 The counts in a stage file are the whole job's: ``batch_size`` prompts per rollout over all ranks, split
-evenly over the data-parallel replicas (``world / (tensor_parallel x pipeline_parallel)``); a rollout engine
-with its own tensor-parallel size (``model.rollout.tensor_parallel``) forms ``world / that`` engines.
+evenly over the data-parallel replicas (``world / (tensor_parallel x pipeline_parallel)``). A rollout engine
+(``model.rollout.tensor_parallel``) spans one rank, or exactly one trainer replica (its ranks must pass the
+same prompts), so it generates its replica's share either way: the same rules the engine applies at start.
 """
 
 from __future__ import annotations
@@ -67,7 +68,14 @@ def check_world(config: RunConfig, world_size: int, path: str = "stage file") ->
             f"{path}: model.rollout.tensor_parallel: {rtp} does not divide the world size {world_size}: every rank "
             f"belongs to exactly one engine; use one of {', '.join(map(str, fits))}"
         )
-    dp, engines = world_size // split, world_size // rtp
+    if rtp > 1 and (rtp != split or pp != 1):
+        raise ConfigError(
+            f"{path}: model.rollout.tensor_parallel: {rtp}: an engine's tensor-parallel ranks must pass the same "
+            f"prompts, so they must form one trainer replica, and a replica here is tensor_parallel {tp} x "
+            f"pipeline_parallel {pp} = {split} rank(s): use rollout tensor_parallel 1 (an engine per rank), or the "
+            f"megatron backend with tensor_parallel {rtp} and pipeline_parallel 1"
+        )
+    dp = world_size // split
     for name, st in config.stages.items():
         if not _trains(st):
             continue
@@ -77,23 +85,6 @@ def check_world(config: RunConfig, world_size: int, path: str = "stage file") ->
             raise ConfigError(
                 f"{where}.batch_size: {st.batch_size} {unit} do not split evenly over {dp} data-parallel replicas "
                 f"(world {world_size} / (tensor_parallel {tp} x pipeline_parallel {pp})): use a multiple of {dp}"
-            )
-        if not _rolls_out(st):
-            continue
-        if config.model.rollout.engine != "backend" and st.batch_size % engines:
-            raise ConfigError(
-                f"{where}.batch_size: {st.batch_size} prompts do not split evenly over {engines} rollout engines "
-                f"(world {world_size} / model.rollout.tensor_parallel {rtp}): use a multiple of {engines}"
-            )
-        algo = st.algorithm
-        rows = st.batch_size // dp * algo.group_size
-        if algo.mini_batches > 1 and rows % algo.mini_batches and not (st.env and st.env.keep_images):
-            key = "train_batch_samples" if algo.train_batch_samples else "mini_batches"
-            raise ConfigError(
-                f"{where}.algorithm.{key}: each of the {dp} data-parallel replicas holds {rows} samples of a rollout "
-                f"({st.batch_size} / {dp} prompts x {algo.group_size}), which {algo.mini_batches} optimizer steps "
-                f"do not split evenly (every replica must take the same steps): make the train batch, "
-                f"{st.batch_size * algo.group_size // algo.mini_batches} samples, a multiple of {dp}"
             )
 
 

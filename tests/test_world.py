@@ -20,7 +20,7 @@ def config(tp=1, pp=1, rollout=None, batch_size=8, group_size=4, **algorithm):
 @pytest.mark.parametrize(
     "world, kwargs",
     [(1, {}), (8, {}), (8, {"tp": 2, "pp": 2, "batch_size": 2}),
-     (4, {"rollout": {"engine": "vllm", "tensor_parallel": 4}}),
+     (4, {"tp": 4, "batch_size": 1, "rollout": {"engine": "vllm", "tensor_parallel": 4}}),
      (8, {"tp": 2, "rollout": {"engine": "vllm", "tensor_parallel": 1}}),
      (4, {"train_batch_samples": 8})],  # 32 samples, 4 steps of 8: 2 per replica and step
 )  # fmt: skip
@@ -60,21 +60,18 @@ def test_batch_not_divisible_by_the_data_parallel_size():
         check_world(config(tp=2, batch_size=6), 8)
 
 
-def test_batch_not_divisible_by_the_rollout_engines():
-    cfg = config(tp=4, batch_size=1, rollout={"engine": "vllm", "tensor_parallel": 2})  # 1 replica, 2 engines
-    with pytest.raises(ConfigError, match=r"stages.rl.batch_size: 1 prompts do not split evenly over 2 rollout "
-                                          r"engines \(world 4 / model.rollout.tensor_parallel 2\)"):
-        check_world(cfg, 4)
+@pytest.mark.parametrize("tp, pp", [(1, 1), (4, 1), (1, 2)])
+def test_a_rollout_engine_spans_one_rank_or_one_trainer_replica(tp, pp):
+    cfg = config(tp=tp, pp=pp, batch_size=2, rollout={"engine": "vllm", "tensor_parallel": 2})
+    with pytest.raises(ConfigError, match=rf"model.rollout.tensor_parallel: 2: an engine's tensor-parallel ranks "
+                                          rf"must pass the same prompts, .* a replica here is tensor_parallel {tp} x "
+                                          rf"pipeline_parallel {pp} = {tp * pp} rank\(s\)"):
+        check_world(cfg, 8)
 
 
-def test_optimizer_steps_must_split_each_replicas_rows():
-    cfg = config(batch_size=4, group_size=2, train_batch_samples=2)  # 4 steps of 2 samples
-    check_world(cfg, 2)  # 4 rows each: 4 steps of 1
-    with pytest.raises(ConfigError, match=r"stages.rl.algorithm.train_batch_samples: each of the 4 data-parallel "
-                                          r"replicas holds 2 samples .* a multiple of 4"):
-        check_world(cfg, 4)
-    with pytest.raises(ConfigError, match=r"stages.rl.algorithm.mini_batches: each of the 4"):
-        check_world(config(batch_size=4, group_size=2, mini_batches=4), 4)
+def test_optimizer_steps_need_not_split_each_replicas_rows():
+    """The mini-batches are drawn from the whole batch, as in one process; a replica may hold none of one."""
+    check_world(config(batch_size=4, group_size=2, train_batch_samples=2), 4)
 
 
 def test_eval_and_untrained_stages_are_not_split():
@@ -116,19 +113,21 @@ def test_validate_checks_the_world_from_options_or_torchrun(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     (tmp_path / "m").mkdir()
     f = tmp_path / "f.yaml"
-    f.write_text("name: t\nmodel: {path: m, rollout: {engine: vllm, tensor_parallel: 2}}\nstages:\n  rl:\n"
+    f.write_text("name: t\nmodel: {path: m, tensor_parallel: 2, rollout: {engine: vllm, tensor_parallel: 2}}\n"
+                 "stages:\n  rl:\n"
                  "    kind: rl\n    data: [{dataset: arithmetic, n: 4}]\n    rewards: [{name: math_accuracy}]\n"
                  "    steps: 1\n    batch_size: 8\n"
                  "    algorithm: {group_size: 4, train_batch_samples: 8}\n")  # fmt: skip
     ok = CliRunner().invoke(main, ["validate", str(f), "--nproc-per-node", "4", "--nnodes", "2"])
     assert ok.exit_code == 0, ok.output
-    assert "world: 8 processes, 8 data-parallel replicas of tensor_parallel 1 x pipeline_parallel 1; 4 vllm " \
+    assert "world: 8 processes, 4 data-parallel replicas of tensor_parallel 2 x pipeline_parallel 1; 4 vllm " \
            "rollout engines of tensor_parallel 2" in ok.output
     assert ("stage rl: rollout 8 prompts x 4 samples = 32 samples; 4 optimizer steps per rollout (1 epoch(s) x 4 "
-            "of 8 samples); 1 prompts per replica") in ok.output
+            "of 8 samples); 2 prompts per replica") in ok.output
     bad = CliRunner().invoke(main, ["validate", str(f), "--nproc-per-node", "3"])
-    assert bad.exit_code == 2 and "model.rollout.tensor_parallel: 2 does not divide the world size 3" in bad.output
-    monkeypatch.setenv("WORLD_SIZE", "16")  # under torchrun, without options
+    assert bad.exit_code == 2 and "tensor_parallel x model.pipeline_parallel = 2 x 1 = 2 does not divide the " \
+                                  "world size 3" in bad.output
+    monkeypatch.setenv("WORLD_SIZE", "32")  # under torchrun, without options
     env = CliRunner().invoke(main, ["validate", str(f)])
     assert env.exit_code == 2 and "stages.rl.batch_size: 8 prompts do not split evenly over 16" in env.output
     monkeypatch.delenv("WORLD_SIZE")
