@@ -41,6 +41,14 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted; run the same command again to resume", err=True)
             sys.exit(130)
+        except RuntimeError as exc:  # torchrun: a collective failed because another rank died or hung
+            from lmmr1_core.distributed import explain_failure
+
+            line = explain_failure(exc)
+            if line is None:
+                raise
+            click.echo(f"error: {line}", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=_Group)
@@ -58,11 +66,18 @@ def main() -> None:
 @click.option("--output-dir", default=None, help="where runs/<name>/ goes (default: the file's output_dir)")
 @click.option("--fresh", is_flag=True, help="delete this run's outputs and start over")
 @click.option("--nproc-per-node", type=click.IntRange(min=1), default=None,
-              help="start N processes through torchrun (megatron backend: tensor x pipeline parallel)")  # fmt: skip
-def run(file: str, overrides: tuple[str, ...], output_dir: str | None, fresh: bool, nproc_per_node: int | None) -> None:
+              help="start N processes on this node through torchrun (data parallel; megatron: x TP x PP)")  # fmt: skip
+@click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="nodes in the job: run the same command on each, with its --node-rank")  # fmt: skip
+@click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--master-addr", default="127.0.0.1", show_default=True, help="node 0's address (--nnodes > 1)")
+@click.option("--master-port", type=click.IntRange(1, 65535), default=29500, show_default=True,
+              help="node 0's port for the job's store (--nnodes > 1)")  # fmt: skip
+def run(file: str, overrides: tuple[str, ...], output_dir: str | None, fresh: bool, nproc_per_node: int | None,
+        nnodes: int, node_rank: int, master_addr: str, master_port: int) -> None:  # fmt: skip
     """Run every stage of FILE; finished stages are skipped, an interrupted one resumes."""
-    if nproc_per_node and nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
-        _torchrun(nproc_per_node)
+    if "LOCAL_RANK" not in os.environ and ((nproc_per_node or 1) > 1 or nnodes > 1):
+        _torchrun(nproc_per_node or 1, nnodes, node_rank, master_addr, master_port)
     from lmmr1_core.config import load_config
     from lmmr1_core.run import run as run_stages
     from lmmr1_core.threads import configure_torch
@@ -74,21 +89,57 @@ def run(file: str, overrides: tuple[str, ...], output_dir: str | None, fresh: bo
     click.echo(f"done: {run_dir}")
 
 
-def _torchrun(nproc: int) -> None:
-    """Run this same command as ``nproc`` processes: ``python -m torch.distributed.run --standalone``."""
+_LAUNCH_OPTIONS = ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port")
+
+
+def _torchrun(nproc: int, nnodes: int, node_rank: int, master_addr: str, master_port: int) -> None:
+    """Run this same command as ``nproc`` processes on this node: ``python -m torch.distributed.run``,
+    ``--standalone`` on one node, else a static rendezvous at node 0's ``master_addr:master_port``."""
     import subprocess
 
+    if node_rank >= nnodes:
+        raise click.BadParameter(f"{node_rank} with --nnodes {nnodes}: node ranks are 0..{nnodes - 1}",
+                                 param_hint="--node-rank")  # fmt: skip
     args, skip = [], False
     for a in sys.argv[1:]:
         if skip:
             skip = False
-        elif a == "--nproc-per-node":
+        elif a in _LAUNCH_OPTIONS:
             skip = True
-        elif not a.startswith("--nproc-per-node="):
+        elif not a.startswith(tuple(o + "=" for o in _LAUNCH_OPTIONS)):
             args.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+    launch = ["--standalone"]
+    if nnodes > 1:
+        if node_rank == 0:
+            _check_port_free(master_addr, master_port)
+        launch = [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master_addr}",
+                  f"--master-port={master_port}"]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launch, f"--nproc-per-node={nproc}",
            "-m", "lmmr1_core.cli", *args]  # fmt: skip
     sys.exit(subprocess.call(cmd))
+
+
+def _check_port_free(addr: str, port: int) -> None:
+    """Node 0 hosts the job's store on ``port``: a port taken by another program fails here, in one line,
+    instead of in torchrun's retries."""
+    import errno
+    import socket
+
+    problem = None
+    try:  # something answers there: a store of another run, or any server
+        socket.create_connection((addr, port), timeout=1).close()
+        problem = "something already listens there"
+    except OSError:
+        for family, host in ((socket.AF_INET, ""), (socket.AF_INET6, "::")):
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        problem = exc.strerror
+    if problem:
+        raise click.UsageError(f"--master-port {port}: in use on this machine ({problem}); another "
+                               "run may hold it: pick a free port, the same on every node") from None
 
 
 @main.command()

@@ -11,6 +11,8 @@ is the identity.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +39,55 @@ def init_process_group(timeout_s: float | None = None) -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+    threading.Thread(target=_heartbeat, args=(_store(), dist.get_rank()), daemon=True, name="lmmr1-heartbeat").start()
+
+
+HEARTBEAT_S = 1.0
+
+
+def _store():
+    return dist.distributed_c10d._get_default_store()  # torchrun's store: it outlives a worker that dies
+
+
+def _heartbeat(store, rank: int) -> None:
+    """Each rank stamps the job's store every second, so a survivor can say which rank went quiet."""
+    while True:
+        try:
+            store.set(f"lmmr1/alive/{rank}", repr(time.time()))
+        except Exception:  # the store is gone: the job is ending
+            return
+        time.sleep(HEARTBEAT_S)
+
+
+def silent_ranks(stale_s: float = 5 * HEARTBEAT_S) -> list[tuple[int, float | None]]:
+    """(rank, seconds since it last stamped the store, or None if never) for every quiet rank."""
+    store, now, out = _store(), time.time(), []
+    store.set_timeout(timedelta(seconds=2))
+    for r in range(dist.get_world_size()):
+        key = f"lmmr1/alive/{r}"
+        age = now - float(store.get(key)) if store.check([key]) else None
+        if age is None or age > stale_s:
+            out.append((r, age))
+    return out
+
+
+def explain_failure(exc: BaseException) -> str | None:
+    """One line for a collective that failed because another rank died or went silent, else None."""
+    text = str(exc)
+    if not dist.is_initialized() or not any(m in text for m in _PEER_ERRORS):
+        return None
+    time.sleep(3 * HEARTBEAT_S)  # a rank that just died has missed a few beats by now
+    try:
+        quiet = silent_ranks()
+    except Exception:  # the store went down with the job
+        quiet = []
+    who = ", ".join(f"rank {r}" + (f" (silent {age:.0f} s)" if age is not None else "") for r, age in quiet)
+    return (f"rank {dist.get_rank()}: {who or 'another rank'} stopped ({text.splitlines()[0][:200]}); this rank "
+            "exits too. Rerun the same command to resume from the last checkpoint")  # fmt: skip
+
+
+_PEER_ERRORS = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Timed out", "timed out",
+                "Connection refused", "NCCL", "DistNetworkError", "Socket Timeout")  # fmt: skip
 
 
 def share(n: int, rank: int, size: int) -> range:

@@ -127,3 +127,64 @@ def test_killed_two_process_run_resumes_with_one(tmp_path):
     assert [r["step"] for r in _metrics(tmp_path, "fre")] == [1, 2, 3, 4]
     assert (fre / "final" / "model.safetensors").exists()
     shutil.rmtree(tmp_path / "runs")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _node(cwd: Path, rank: int, port: int, *sets: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "lmmr1_core.cli", "run", "dp.yaml", "--nnodes", "2", "--node-rank", str(rank),
+           "--master-port", str(port), *(a for s in sets for a in ("--set", s))]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+
+
+def test_two_nodes_and_a_rank_that_dies(tmp_path):
+    """2 nodes x 1 process through a localhost rendezvous (``--nnodes 2 --node-rank R``). When node 1's
+    worker dies mid-stage, node 0 exits within seconds naming rank 1 (no hang); rerunning both resumes."""
+    psutil = pytest.importorskip("psutil")
+    (tmp_path / "dp.yaml").write_text(STAGE)
+    sets = ("stages.warmup.steps=2", "stages.fre.steps=40")
+    port = _free_port()
+    nodes = [_node(tmp_path, r, port, *sets) for r in (0, 1)]
+    fre = tmp_path / "runs" / "dp" / "fre"
+    deadline = time.time() + 600
+    while time.time() < deadline and not (fre / "checkpoints" / "step-000002" / "trainer_state.pt").exists():
+        assert all(n.poll() is None for n in nodes), nodes[0].stderr.read()[-2000:]
+        time.sleep(0.05)
+    launcher = psutil.Process(nodes[1].pid).children()[0]  # lmmr1 -> torchrun's agent -> the rank's process
+    launcher.children()[0].send_signal(signal.SIGKILL)
+    t0 = time.time()
+    err = nodes[0].communicate(timeout=120)[1]
+    assert time.time() - t0 < 60
+    nodes[1].communicate(timeout=60)
+    assert nodes[0].returncode != 0
+    assert "rank 0: rank 1 " in err and "Rerun the same command to resume" in err, err[-2000:]
+
+    port = _free_port()
+    nodes = [_node(tmp_path, r, port, "stages.warmup.steps=2", "stages.fre.steps=3") for r in (0, 1)]
+    errs = [n.communicate(timeout=600)[1] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], errs[0][-2000:]
+    assert "stage fre: resuming after step " in errs[0]
+    assert [r["step"] for r in _metrics(tmp_path, "fre")] == [1, 2, 3]
+
+
+def test_launch_errors_are_one_line(tmp_path):
+    import torch.distributed as dist
+    from click.testing import CliRunner
+
+    from lmmr1_core.cli import main
+
+    (tmp_path / "dp.yaml").write_text(STAGE)
+    port = _free_port()
+    store = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)  # another job's store
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "dp.yaml"), "--nnodes", "2", "--master-port", str(port)])
+    assert result.exit_code == 2 and f"--master-port {port}: in use on this machine" in result.output
+    del store
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "dp.yaml"), "--nnodes", "2", "--node-rank", "2"])
+    assert result.exit_code == 2 and "node ranks are 0..1" in result.output
