@@ -276,17 +276,23 @@ class Checks:
         msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is shown"}]}]
         auto = [hf.encode(msgs, [im]) for im in images]
         processor = hf.processor
-        hf.processor = None  # the torchvision-free path: the slow (PIL) image processor, our expansion
-        hf.image_processor = AutoImageProcessor.from_pretrained(str(self.model), use_fast=False)
+        # the torchvision-free path (a machine without torchvision): the PIL image processor, our expansion
+        import transformers
+
+        pil = getattr(transformers, "Qwen2VLImageProcessorPil", None)
+        hf.processor = None
+        hf.image_processor = (pil.from_pretrained(str(self.model)) if pil is not None
+                              else AutoImageProcessor.from_pretrained(str(self.model), use_fast=False))  # fmt: skip
         ours = [hf.encode(msgs, [im]) for im in images]
+        classes = f"{type(processor.image_processor).__name__} vs {type(hf.image_processor).__name__}"
         hf.processor = processor
         ids = all(a.input_ids == o.input_ids for a, o in zip(auto, ours))
         grid = all(torch.equal(a.image_grid_thw, o.image_grid_thw) for a, o in zip(auto, ours))
         shapes = all(a.pixel_values.shape == o.pixel_values.shape for a, o in zip(auto, ours))
         pix = max(float((a.pixel_values - o.pixel_values).abs().max()) for a, o in zip(auto, ours)) if shapes else -1
         ok = ids and grid and pix == 0.0
-        figure = (f"{len(sizes)} image sizes: input_ids {'identical' if ids else 'DIFFER'}, image_grid_thw "
-                  f"{'identical' if grid else 'DIFFER'}, pixel_values max |d| {pix:.2e}")  # fmt: skip
+        figure = (f"{classes}, {len(sizes)} image sizes: input_ids {'identical' if ids else 'DIFFER'}, "
+                  f"image_grid_thw {'identical' if grid else 'DIFFER'}, pixel_values max |d| {pix:.2e}")  # fmt: skip
         return ("PASS" if ok else "FAIL"), figure
 
 
