@@ -3,6 +3,7 @@
 from lmmr1_plugins.envs.football import FootballEnv  # the engine itself is imported on construction
 from lmmr1_plugins.envs.sokoban import SokobanEnv
 from lmmr1_plugins.envs.sokoban_plan import sokoban_levels, sokoban_plan, sokoban_success
+from lmmr1_plugins.envs.sokoban_solver import sokoban_solver
 
 from lmmr1_core import Sample, hookimpl
 
@@ -25,6 +26,7 @@ def register_envs(register):
 def register_datasets(register):
     register("sokoban_levels", sokoban_levels)
     register("env_seeds", env_seeds)
+    register("sokoban_solver", sokoban_solver)
 
 
 @hookimpl
