@@ -17,7 +17,7 @@ from lmmr1_core import load_dataset, load_model, options, secrets
 from lmmr1_core.checkpoint import latest_checkpoint, remove_stale_temp, truncate_jsonl, write_or_explain
 from lmmr1_core.config import RunConfig, StageConfig, stage_order
 from lmmr1_core.contracts import Algorithm
-from lmmr1_core.distributed import init_process_group
+from lmmr1_core.distributed import init_process_group, world_size
 from lmmr1_core.errors import ConfigError, DataError, LmmError
 from lmmr1_core.metrics import RunLog, main_process
 from lmmr1_core.model_card import redacted_config, refresh_model_card
@@ -26,6 +26,7 @@ from lmmr1_core.plugins import get_plugin_manager, lookup
 from lmmr1_core.runlock import RunLock
 from lmmr1_core.trainer import StageContext
 from lmmr1_core.types import Sample
+from lmmr1_core.world import check_world
 
 
 def _looks_like_hub_id(path: str) -> bool:
@@ -313,6 +314,8 @@ def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None =
     order = stage_order(cfg, path)
     check_plugins(cfg, path)
     check_model_path(cfg, path, loading=True)
+    if world_size() > 1:  # torchrun: the split fits the world (checked before joining: no rank waits on a bad one)
+        check_world(cfg, world_size(), path)
     init_process_group()  # torchrun: join the job (each rank runs this same program)
     run_dir = Path(output_dir or cfg.output_dir) / cfg.name
     lock = RunLock(run_dir) if main_process() else None
