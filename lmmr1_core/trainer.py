@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -211,6 +212,18 @@ def save_final(ctx: StageContext) -> Path:
     return final
 
 
+def agreed_signal(signum: int | None) -> int:
+    """The stop signal any rank got (0: none). Under torchrun the signal reaches the ranks at slightly different
+    times; the checkpoint that follows is collective, so they agree after each step (one tiny all-reduce)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return signum or 0
+    t = torch.tensor([signum or 0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
+
+
 def stop_requested(results: list[Any]) -> bool:
     """An ``on_step_end`` implementation returns True to end the stage early (it is then finished)."""
     return any(r is True for r in results)
@@ -237,10 +250,11 @@ def run_steps(ctx: StageContext, optimizer, scheduler, step_fn: StepFn, postfix:
                     ctx.log.samples(step, rows)
                 bar.update(1)
                 bar.set_postfix(postfix(metrics))
-                if stop.signum is not None and step < cfg.steps:  # preempted: save exactly here, then leave
+                signum = agreed_signal(stop.signum)  # torchrun: every rank stops after the same step
+                if signum and step < cfg.steps:  # preempted: save exactly here, then leave
                     save_checkpoint(ctx, step, optimizer, scheduler, position)
-                    raise Preempted(f"stage {ctx.name}: stopped by {stop.name} after step {step}; a checkpoint "
-                                    "was saved there: run the same command again to resume", stop.signum)
+                    raise Preempted(f"stage {ctx.name}: stopped by {signal.Signals(signum).name} after step {step}; "
+                                    "a checkpoint was saved there: run the same command again to resume", signum)
                 if step % cfg.save_every == 0 and step < cfg.steps:
                     save_checkpoint(ctx, step, optimizer, scheduler, position)
                 if stop_requested(ctx.hook.on_step_end(stage=ctx.name, step=step, metrics=metrics)):

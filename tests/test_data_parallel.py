@@ -188,3 +188,27 @@ def test_launch_errors_are_one_line(tmp_path):
     del store
     result = CliRunner().invoke(main, ["run", str(tmp_path / "dp.yaml"), "--nnodes", "2", "--node-rank", "2"])
     assert result.exit_code == 2 and "node ranks are 0..1" in result.output
+
+
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """SLURM's SIGTERM may reach the ranks at different times; they agree after each step, so the
+    collective checkpoint is written once, at one step, and the rerun resumes from it."""
+    psutil = pytest.importorskip("psutil")
+    sets = ("stages.warmup.steps=2", "stages.fre.steps=40", "stages.fre.save_every=1000")
+    run = _run(tmp_path, 2, *sets, wait=False)
+    fre = tmp_path / "runs" / "dp" / "fre"
+    deadline = time.time() + 600
+    while time.time() < deadline and not (fre / "metrics.jsonl").exists():
+        assert run.poll() is None
+        time.sleep(0.05)
+    agent = psutil.Process(run.pid).children()[0]
+    ranks = sorted(agent.children(), key=lambda p: int(p.environ().get("RANK", "0")))
+    ranks[1].send_signal(signal.SIGTERM)  # rank 1 only
+    assert run.wait(timeout=300) != 0
+    checkpoints = sorted((fre / "checkpoints").iterdir())
+    assert len(checkpoints) == 1 and not (fre / "final").exists()
+    stopped_at = int(checkpoints[0].name.split("-")[1])
+    assert len(_metrics(tmp_path, "fre")) == stopped_at < 40
+    proc = _run(tmp_path, 2, "stages.warmup.steps=2", f"stages.fre.steps={stopped_at + 1}",
+                "stages.fre.save_every=1000")  # fmt: skip
+    assert f"stage fre: resuming after step {stopped_at}" in proc.stderr
