@@ -76,9 +76,13 @@ def main() -> None:
 def run(file: str, overrides: tuple[str, ...], output_dir: str | None, fresh: bool, nproc_per_node: int | None,
         nnodes: int, node_rank: int, master_addr: str, master_port: int) -> None:  # fmt: skip
     """Run every stage of FILE; finished stages are skipped, an interrupted one resumes."""
-    if "LOCAL_RANK" not in os.environ and ((nproc_per_node or 1) > 1 or nnodes > 1):
-        _torchrun(nproc_per_node or 1, nnodes, node_rank, master_addr, master_port)
     from lmmr1_core.config import load_config
+
+    if "LOCAL_RANK" not in os.environ and ((nproc_per_node or 1) > 1 or nnodes > 1):
+        from lmmr1_core.world import check_world
+
+        check_world(load_config(file, list(overrides)), (nproc_per_node or 1) * nnodes, file)  # once, not per rank
+        _torchrun(nproc_per_node or 1, nnodes, node_rank, master_addr, master_port)
     from lmmr1_core.run import run as run_stages
     from lmmr1_core.threads import configure_torch
 

@@ -212,3 +212,34 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     proc = _run(tmp_path, 2, "stages.warmup.steps=2", f"stages.fre.steps={stopped_at + 1}",
                 "stages.fre.save_every=1000")  # fmt: skip
     assert f"stage fre: resuming after step {stopped_at}" in proc.stderr
+
+
+def test_the_geo_recipe_scaled_down_runs_under_torchrun(tmp_path):
+    """stages/fre_then_mgt_geo.yaml as shipped (hf data parallel, a vLLM engine per rank, the train batch in
+    samples, ppo with a critic, eval stages), shrunk by --set to a tiny VL model, 2 steps and 2 processes:
+    every stage finishes, each rank rolls out its own prompt, the engines stay in step with the trainer."""
+    pytest.importorskip("vllm")
+    where = os.environ.get("LMMR1_TEST_TORCHVISION")  # vLLM's Qwen2.5-VL code imports torchvision
+    if not where:
+        pytest.skip("LMMR1_TEST_TORCHVISION is not set")
+    root = Path(__file__).parent.parent
+    shutil.copytree(root / "stages", tmp_path / "stages")
+    shutil.copytree(root / "data", tmp_path / "data")
+    sets = ["model.path=runs/tiny-vl", "model.tiny=vl", "model.max_pixels=12544", "model.rollout.kv_cache_gb=0.25"]
+    for st in ("fre", "mgt_geo"):
+        sets += [f"stages.{st}.steps=2", f"stages.{st}.batch_size=2", f"stages.{st}.algorithm.group_size=2",
+                 f"stages.{st}.algorithm.train_batch_samples=2",
+                 f"stages.{st}.generation.max_new_tokens=8"]  # fmt: skip
+    sets += [f"stages.{st}.generation.max_new_tokens=8" for st in ("eval_fre", "eval_mgt")]
+    cmd = [sys.executable, "-m", "lmmr1_core.cli", "run", "stages/fre_then_mgt_geo.yaml", "--nproc-per-node", "2",
+           *(a for s in sets for a in ("--set", s))]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": where}
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=1200, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "fre_then_mgt_geo"
+    for st in ("fre", "mgt_geo"):
+        rows = [json.loads(x) for x in (run / st / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2]
+        assert all(r["rollout/replicas"] == 2 and r["rollout/prompts_per_rank"] == 1 for r in rows), st
+        assert all(r["rollout/logp_abs_diff"] < 1e-4 for r in rows), st  # images resized alike by both engines
+    assert (run / "eval_mgt" / "final" / "results.json").exists()

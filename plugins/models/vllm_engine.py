@@ -21,6 +21,7 @@ between the two engines (``algorithm.tis_cap``).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -123,6 +124,8 @@ class VLLMRollout:
                     "(a CUDA machine's), or `model.rollout.engine: backend`."
                 ) from None
             kwargs["limit_mm_per_prompt"] = {"image": options.get("max_images", 8), "video": 0}
+            if _hf(backend).pixel_bounds:  # model.min/max_pixels: else vLLM sees other resolutions than the trainer
+                kwargs["mm_processor_kwargs"] = dict(_hf(backend).pixel_bounds)
         t0 = time.perf_counter()
         self.llm = vllm.LLM(**kwargs)
         torch.set_num_threads(threads)  # vLLM lowers it for serving; the trainer shares the process
@@ -209,9 +212,27 @@ class VLLMRollout:
             engine = getattr(llm, "llm_engine", None)
             core = getattr(engine, "engine_core", None)
             if core is not None and hasattr(core, "shutdown"):
-                core.shutdown()
+                with _keep_default_group():
+                    core.shutdown()
             del llm
             gc.collect()
+
+
+@contextlib.contextmanager
+def _keep_default_group():
+    """vLLM's shutdown destroys torch.distributed's default group (it assumes it made it); under torchrun that
+    group is the trainer's, and later stages still need it. Its own groups go; the default stays."""
+    destroy = torch.distributed.destroy_process_group
+
+    def destroy_own(group=None):
+        if group is not None:
+            destroy(group)
+
+    torch.distributed.destroy_process_group = destroy_own
+    try:
+        yield
+    finally:
+        torch.distributed.destroy_process_group = destroy
 
 
 def _hf(backend: Any) -> Any:
