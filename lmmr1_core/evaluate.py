@@ -15,6 +15,7 @@ from typing import Any
 from tqdm import tqdm
 
 from lmmr1_core.checkpoint import atomic_dir
+from lmmr1_core.distributed import Replicas, replicas_of
 from lmmr1_core.metrics import main_process
 from lmmr1_core.rewards import RewardSet, reward_columns
 from lmmr1_core.trainer import StageContext, encode_sample, generate
@@ -98,9 +99,11 @@ def run_env_eval(ctx: StageContext) -> None:
     ctx.backend.eval()
     rows: list[dict[str, Any]] = []
     chunk = max(1, cfg.micro_batch_size // k)
-    for i in tqdm(range(0, len(ctx.samples), chunk), desc=f"{ctx.name} (eval, episodes)", dynamic_ncols=True,
+    replicas = replicas_of(ctx.backend)
+    samples = [ctx.samples[i] for i in replicas.share(len(ctx.samples))]  # torchrun: this replica's share
+    for i in tqdm(range(0, len(samples), chunk), desc=f"{ctx.name} (eval, episodes)", dynamic_ncols=True,
                   disable=not main_process()):
-        batch = ctx.samples[i : i + chunk]
+        batch = samples[i : i + chunk]
         episodes = run_episodes(ctx, [s for s in batch for _ in range(k)], greedy=k == 1)
         for j, s in enumerate(batch):
             eps = episodes[j * k : (j + 1) * k]
@@ -109,10 +112,23 @@ def run_env_eval(ctx: StageContext) -> None:
                          "scores": {"success": [float(e.success) for e in eps],
                                     "return": [sum(e.turn_rewards) for e in eps],
                                     "turns": [float(len(e.responses)) for e in eps]}})  # fmt: skip
+    rows = _gather(ctx, replicas, rows)
     _write_results(ctx, rows, summarize(rows, ["success", "return", "turns"], k))
 
 
+def _gather(ctx: StageContext, replicas: Replicas, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every replica's rows in sample order (the shares are contiguous), and the counters summed."""
+    parts = replicas.gather((rows, dict(ctx.counters)))
+    ctx.counters.clear()
+    for _, counts in parts:
+        for key, n in counts.items():
+            ctx.counters[key] = ctx.counters.get(key, 0) + n
+    return [r for part, _ in parts for r in part]
+
+
 def _write_results(ctx: StageContext, rows: list[dict[str, Any]], results: dict[str, Any]) -> None:
+    if not main_process():  # torchrun: rank 0 writes
+        return
     results["counters"] = dict(ctx.counters)
     splits = {s.source: str(s.meta["split"]) for s in ctx.samples if s.meta.get("split") is not None}
     if splits:  # which split of each benchmark was read (a loader records it in meta["split"])
@@ -135,11 +151,13 @@ def run_eval(ctx: StageContext) -> None:
     backend.eval()
     rows: list[dict[str, Any]] = []
     chunk = max(1, cfg.micro_batch_size * 4 // k)
-    bar = tqdm(total=len(ctx.samples), desc=f"{ctx.name} (eval)", dynamic_ncols=True, disable=not main_process())
+    replicas = replicas_of(backend)
+    mine = [ctx.samples[i] for i in replicas.share(len(ctx.samples))]  # torchrun: this replica's share
+    bar = tqdm(total=len(mine), desc=f"{ctx.name} (eval)", dynamic_ncols=True, disable=not main_process())
     try:
-        for i in range(0, len(ctx.samples), chunk):
+        for i in range(0, len(mine), chunk):
             batch, messages, prompts = [], [], []
-            for sample in ctx.samples[i : i + chunk]:
+            for sample in mine[i : i + chunk]:
                 encoded = encode_sample(ctx, sample, gen.max_prompt_length)
                 if encoded is None:  # counted as 0 in the results, and as n_dropped
                     rows.append(_row(sample, cfg, [], {n: [None] * k for n in names}, dropped=True))
@@ -147,7 +165,7 @@ def run_eval(ctx: StageContext) -> None:
                 batch.append(sample)
                 messages += [encoded[0]] * k
                 prompts += [encoded[1]] * k
-            bar.update(len(ctx.samples[i : i + chunk]))
+            bar.update(len(mine[i : i + chunk]))
             if not batch:
                 continue
             completions, _ = generate(ctx, prompts, greedy=k == 1)
@@ -161,6 +179,7 @@ def run_eval(ctx: StageContext) -> None:
         bar.close()
         rewards.close()
     ctx.counters.update(rewards.counters())
+    rows = _gather(ctx, replicas, rows)
     _write_results(ctx, rows, summarize(rows, names, k))
 
 

@@ -43,6 +43,12 @@ stages:
     micro_batch_size: 3
     optim: {lr: 1.0e-3}
     save_every: 1
+  eval:
+    kind: eval
+    init_from: warmup
+    data: [{dataset: arithmetic, n: 9, seed: 3, max_operand: 4}]
+    rewards: [{name: math_accuracy}, {name: length_penalty, max_tokens: 16, buffer: 12}]
+    generation: {max_new_tokens: 20}
 """
 
 
@@ -91,6 +97,9 @@ def test_two_processes_reproduce_one(one_process, tmp_path, backend):
     samples = (tmp_path / "runs/dp/fre/samples.jsonl").read_text().splitlines()
     assert len(samples) == 2 * 12  # every replica's rows, as one process writes them
     assert (tmp_path / "runs/dp/fre/final/model.safetensors").exists()
+    # the eval stage: each replica scores its share of the 9 samples (5 + 4), rank 0 writes them all
+    ref, got = (json.loads((d / "runs/dp/eval/final/results.json").read_text()) for d in (one_process, tmp_path))
+    assert got["overall"]["n"] == 9 and got["overall"] == ref["overall"]
 
 
 def test_vllm_engine_on_every_rank(tmp_path):
