@@ -10,7 +10,10 @@ sample of a task, so a model that does better than the answer prior is reading t
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +63,8 @@ def _colour(rng: random.Random) -> tuple[Image.Image, str]:
     img = Image.new("RGB", (SIZE, SIZE), "white")
     d = ImageDraw.Draw(img)
     name = rng.choice(sorted(COLOURS))
-    r, cx, cy = rng.randint(12, 30), rng.randint(35, 77), rng.randint(35, 77)
+    r = rng.randint(22, 40)  # big: the colour reaches most of the 16 image tokens
+    cx, cy = rng.randint(r, SIZE - r), rng.randint(r, SIZE - r)
     _shape(d, rng, [cx - r, cy - r, cx + r, cy + r], COLOURS[name])
     return img, str(1 + list(COLOURS).index(name))  # a digit: math-verify checks it in a millisecond, a word in 0.1 s
 
@@ -68,7 +72,7 @@ def _colour(rng: random.Random) -> tuple[Image.Image, str]:
 MAKERS = {"bigger": _bigger, "count": _count, "colour": _colour}
 
 
-def make(out_dir: str | Path, n: int, seed: int = 0, task: str = "bigger", max_count: int = 3) -> Path:
+def make(out_dir: str | Path, n: int, seed: int = 0, task: str = "colour", max_count: int = 3) -> Path:
     """Write ``n`` questions to ``out_dir/data.jsonl`` and ``out_dir/images/``; same seed, same files."""
     if task not in MAKERS:
         raise ValueError(f"perception: unknown task {task!r}; use one of {', '.join(MAKERS)}")
@@ -88,16 +92,22 @@ def make(out_dir: str | Path, n: int, seed: int = 0, task: str = "bigger", max_c
     return out / "data.jsonl"
 
 
-def perception(n: int = 100, seed: int = 0, task: str = "bigger", max_count: int = 3, dir: str | None = None,
+def perception(n: int = 100, seed: int = 0, task: str = "colour", max_count: int = 3, dir: str | None = None,
                limit: int | None = None):  # fmt: skip
-    """Generated perception questions (``task``: bigger, count, colour), written once to ``dir`` (default
+    """Generated perception questions (``task``: colour, count, bigger), written once to ``dir`` (default
     ``runs/data/perception-<task>-n<N>-s<seed>``) and read back through the ``jsonl`` loader, as a file would be."""
     from lmmr1_plugins.datasets.files import jsonl
 
     suffix = f"-max{max_count}" if task == "count" else ""
     out = Path(dir or f"runs/data/perception-{task}{suffix}-n{n}-s{seed}")
-    if not (out / "data.jsonl").exists():
-        make(out, n, seed, task, max_count)
+    if not (out / "data.jsonl").exists():  # written aside and renamed: runs started together never see half a set
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        make(tmp, n, seed, task, max_count)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another run wrote the same set first
+            shutil.rmtree(tmp, ignore_errors=True)
     return jsonl(str(out / "data.jsonl"), limit=limit)
 
 
