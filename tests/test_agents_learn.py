@@ -8,7 +8,8 @@ from lmmr1_core import load_dataset
 
 
 def success(run, stage: str) -> float:
-    return json.loads((run / stage / "final/results.json").read_text())["overall"]["success"]
+    """The success rate over the stage's sampled episodes (8 per seed, at temperature 1)."""
+    return json.loads((run / stage / "final/results.json").read_text())["overall"]["success/mean@8"]
 
 
 def test_solver_samples_are_the_turns_an_episode_shows():

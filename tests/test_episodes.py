@@ -74,7 +74,8 @@ def test_per_turn_rewards_train_with_token_and_outcome_algorithms(tiny_vl, tmp_p
 
     from lmmr1_core.cli import main
 
-    sets = [f"model.path={tiny_vl}", "model.tiny=null", "stages.mgt_sokoban.steps=1",
+    sets = [f"model.path={tiny_vl}", "model.tiny=null", "stages.warmup.steps=1", "stages.warmup.data.0.n=2",
+            "stages.mgt_sokoban.steps=1",
             "stages.mgt_sokoban.batch_size=1", "stages.mgt_sokoban.env.reward=per_turn",
             "stages.mgt_sokoban.env.max_turns=2", f"stages.mgt_sokoban.algorithm.name={algorithm}",
             "stages.eval_after.data.0.n=1", "stages.eval_after.env.max_turns=1"]  # fmt: skip
@@ -116,7 +117,8 @@ def test_keep_images_trains_each_turn_with_its_episodes_advantage(tiny_vl, tmp_p
         assert prompt.input_ids.count(image_token) == int(prompt.image_grid_thw[0].prod()) // merge
     assert len(episodes[0].units) == len(episodes[0].responses) == 3
 
-    sets = [f"model.path={tiny_vl}", "model.tiny=null", "stages.mgt_sokoban.steps=1", "stages.mgt_sokoban.batch_size=1",
+    sets = [f"model.path={tiny_vl}", "model.tiny=null", "stages.warmup.steps=1", "stages.warmup.data.0.n=2",
+            "stages.mgt_sokoban.steps=1", "stages.mgt_sokoban.batch_size=1",
             "stages.mgt_sokoban.env.keep_images=1", "stages.mgt_sokoban.env.max_turns=2",
             "stages.eval_after.data.0.n=1", "stages.eval_after.env.max_turns=1"]  # fmt: skip
     args = ["run", "stages/quickstart_sokoban_multiturn.yaml", "--output-dir", str(tmp_path)]

@@ -182,13 +182,14 @@ def test_quickstart_sokoban_runs_plan_mode_end_to_end(tmp_path):
     rows = [json.loads(x) for x in (run / "mgt_sokoban/metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and "reward/sokoban_plan" in rows[0]
     before = json.loads((run / "eval_before/final/results.json").read_text())
-    assert before["datasets"]["sokoban-6x6"]["n"] == 4 and "sokoban_success" in before["overall"]
+    assert before["datasets"]["sokoban-5x5"]["n"] == 4 and "sokoban_success" in before["overall"]
 
 
 def test_multiturn_quickstart_and_episode_viewer(tmp_path):
     from PIL import Image
 
-    sets = ["stages.mgt_sokoban.steps=1", "stages.mgt_sokoban.batch_size=1", "stages.eval_after.data.0.n=2"]
+    sets = ["stages.warmup.steps=1", "stages.warmup.data.0.n=2", "stages.mgt_sokoban.steps=1",
+            "stages.mgt_sokoban.batch_size=1", "stages.eval_after.data.0.n=2"]  # eval_before shares the data
     result = run_stage_file(tmp_path, "quickstart_sokoban_multiturn.yaml", sets)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "runs/quickstart_sokoban_multiturn"
