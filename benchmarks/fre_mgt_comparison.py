@@ -70,6 +70,14 @@ def table(work: Path, seeds: list[int]) -> tuple[str, dict[str, dict[str, list[f
     return "\n".join(lines), values
 
 
+def seed_table(values: dict[str, dict[str, list[float]]], seeds: list[int]) -> str:
+    head = "| model | " + " | ".join(f"{c} seed {s}" for c, _ in COLUMNS for s in seeds) + " |"
+    lines = [head, "|---|" + "---|" * (len(COLUMNS) * len(seeds))]
+    for row, _ in ROWS:
+        lines.append(f"| {row} | " + " | ".join(f"{v:.3f}" for c, _ in COLUMNS for v in values[row][c]) + " |")
+    return "\n".join(lines)
+
+
 def draw(values: dict[str, dict[str, list[float]]], seeds: list[int], out: Path) -> None:
     """Grouped bars (mean, error bar = std over seeds) with each seed's value as a dot."""
     import matplotlib
@@ -87,10 +95,10 @@ def draw(values: dict[str, dict[str, list[float]]], seeds: list[int], out: Path)
             ax.bar(x, statistics.mean(xs), width, yerr=sd, color=f"C{j}", alpha=0.8, capsize=3,
                    label=f"{col} (held-out)" if i == 0 else None)  # fmt: skip
             ax.scatter([x] * len(xs), xs, color="black", s=8, zorder=3)
-            ax.text(x, statistics.mean(xs) + sd + 0.02, f"{statistics.mean(xs):.2f}", ha="center", fontsize=8)
+            ax.text(x, 0.02, f"{statistics.mean(xs):.2f}", ha="center", fontsize=8, color="white", weight="bold")
     ax.set_xticks(range(len(ROWS)), [r for r, _ in ROWS], fontsize=9)
     ax.set_ylabel("accuracy (greedy)")
-    ax.set_ylim(0, 1.1)
+    ax.set_ylim(0, 1.15)
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title(f"FRE / MGT in miniature: tiny Qwen2.5-VL, {len(seeds)} seeds (dots), mean ± std", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
@@ -106,15 +114,20 @@ def main() -> None:
     ap.add_argument("--work", default="runs/fre_mgt", help="where the runs and models go")
     ap.add_argument("--out", default="docs/results", help="where the table (.md, .png) and curves go")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="override a key of the stage file")
+    ap.add_argument("--report-only", action="store_true", help="redraw the table from the runs already in --work")
     args = ap.parse_args()
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
-    start = time.perf_counter()
-    with ThreadPoolExecutor(args.jobs) as pool:
-        times = dict(pool.map(lambda s: run_seed(s, work, threads, args.sets), args.seeds))
-    wall = time.perf_counter() - start
+    timing = work / "timing.json"
+    if not args.report_only:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(args.jobs) as pool:
+            times = dict(pool.map(lambda s: run_seed(s, work, threads, args.sets), args.seeds))
+        timing.write_text(json.dumps({"wall": time.perf_counter() - start, "seeds": times, "jobs": args.jobs}))
+    measured = json.loads(timing.read_text())
+    wall, times = measured["wall"], {int(k): v for k, v in measured["seeds"].items()}
     md, values = table(work, args.seeds)
     draw(values, args.seeds, out / "fre_mgt_comparison.png")
     from lmmr1_core.plots import compare_runs
@@ -124,7 +137,8 @@ def main() -> None:
     text = (f"# FRE / MGT in miniature\n\n{md}\n\nGreedy accuracy on 64 held-out additions (text) and 64 held-out "
             f"pictures (multimodal), seeds {', '.join(map(str, args.seeds))}; written by "
             f"`python benchmarks/fre_mgt_comparison.py` in {wall:.0f} s on {os.cpu_count()} cores "
-            f"({per_seed}; --jobs {args.jobs}).\n\n![table](fre_mgt_comparison.png)\n\n"
+            f"({per_seed}; --jobs {measured['jobs']}).\n\nEach seed:\n\n{seed_table(values, args.seeds)}\n\n"
+            "![table](fre_mgt_comparison.png)\n\n"
             + "".join(f"![{p.stem}](fre_mgt_curves/{p.name})\n" for p in curves))  # fmt: skip
     (out / "fre_mgt_comparison.md").write_text(text)
     print(text)
