@@ -3,10 +3,11 @@
     pip install -e '.[bench]'
     python benchmarks/compare_trl.py [--steps 12] [--repeats 1] [--sizes 64x2x16,256x4x64] [--no-competitor]
 
-Both trainers run the same tiny random Qwen2 (``HIDDENxLAYERSxNEW_TOKENS``), on CPU, on the same generated
-additions, 2 prompts x 8 samples per step, GRPO with KL on (coef 0.001) and ``math_accuracy`` as the reward.
-Each run is a fresh process (``lmmr1 run`` on a stage file; TRL as its docs show it), so each picks its own
-thread settings as a user's run would. The first ``--warmup`` steps are left out; the table shows each side's
+Both trainers run the same tiny random Qwen2 (``HIDDENxLAYERSxNEW_TOKENS``) in float32 without gradient
+checkpointing (TRL's config defaults to bf16 autocast and recomputation; lmmr1's to neither), on CPU, on the same
+generated additions, 2 prompts x 8 samples per step, GRPO with KL on (coef 0.001) and ``math_accuracy`` as the
+reward. Each run is a fresh process (``lmmr1 run`` on a stage file; TRL through its Python API), so each picks
+its own thread settings as a user's run would (``--trl-env`` adds to TRL's environment). The first ``--warmup`` steps are left out; the table shows each side's
 median and max seconds per step and lmmr1 / TRL. Then the same again while a competing 2-thread torch process,
 started here, keeps the CPUs busy for the duration (another user's job, or another rank).
 """
@@ -111,6 +112,7 @@ def trl_side(model: str, new_tokens: int, steps: int, work: Path, sets: list[str
         output_dir=str(work / "trl"), per_device_train_batch_size=BATCH * GROUP, num_generations=GROUP,
         max_completion_length=new_tokens, max_steps=steps, beta=KL, learning_rate=LR, temperature=1.0,
         use_cpu=True, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0,
+        bf16=False, gradient_checkpointing=False,  # TRL's defaults (bf16 autocast, recomputation); lmmr1: fp32, none
     )  # fmt: skip
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32),
