@@ -189,7 +189,8 @@ def test_multiturn_quickstart_and_episode_viewer(tmp_path):
     from PIL import Image
 
     sets = ["stages.warmup.steps=1", "stages.warmup.data.0.n=2", "stages.mgt_sokoban.steps=1",
-            "stages.mgt_sokoban.batch_size=1", "stages.eval_after.data.0.n=2"]  # eval_before shares the data
+            "stages.mgt_sokoban.batch_size=1", "stages.eval_after.data.0.n=2",  # eval_before shares the data
+            "stages.eval_before.eval_samples=1", "stages.eval_after.eval_samples=1"]
     result = run_stage_file(tmp_path, "quickstart_sokoban_multiturn.yaml", sets)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "runs/quickstart_sokoban_multiturn"
