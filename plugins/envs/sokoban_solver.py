@@ -5,8 +5,9 @@ RL has no signal. ``sokoban_solver`` plays the solver's shortest plan through th
 stage uses and records, for each turn, the conversation the model would see at that point (every
 earlier board, the solver's earlier answers as assistant turns) with the next move(s) as the
 answer. An sft stage with the default ``target_template`` (``<answer>{answer}</answer>``) then
-trains on exactly the tokens an rl stage's episode would contain, so the policy it leaves starts
-RL from episodes that sometimes succeed. Plan mode needs no new data: ``sokoban_levels`` already
+trains on the conversations an rl stage's episodes hold, so the policy it leaves starts RL from
+episodes that sometimes succeed. (A stage's ``prompt_template`` is the exception: sft wraps the last
+user turn, an episode the first; the Sokoban quickstarts use none.) Plan mode needs no new data: ``sokoban_levels`` already
 carries the solver's whole plan as ``answer``.
 """
 
