@@ -7,8 +7,8 @@ earlier board, the solver's earlier answers as assistant turns) with the next mo
 answer. An sft stage with the default ``target_template`` (``<answer>{answer}</answer>``) then
 trains on the conversations an rl stage's episodes hold, so the policy it leaves starts RL from
 episodes that sometimes succeed. (A stage's ``prompt_template`` is the exception: sft wraps the last
-user turn, an episode the first; the Sokoban quickstarts use none.) Plan mode needs no new data: ``sokoban_levels`` already
-carries the solver's whole plan as ``answer``.
+user turn, an episode the first; the Sokoban quickstarts use none.) Plan mode needs no new data:
+``sokoban_levels`` already carries the solver's whole plan as ``answer``.
 """
 
 from __future__ import annotations
