@@ -37,7 +37,8 @@ def test_solver_samples_are_the_turns_an_episode_shows():
 
 
 def test_multiturn_sokoban_success_rises_through_rl(tmp_path):
-    result = run_stage_file(tmp_path, "quickstart_sokoban_multiturn.yaml")
+    # one thread, as measured: the margin is a few episodes, and other thread counts sum floats in another order
+    result = run_stage_file(tmp_path, "quickstart_sokoban_multiturn.yaml", ["model.threads=1"])
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "runs/quickstart_sokoban_multiturn"
     before, after = success(run, "eval_before"), success(run, "eval_after")
