@@ -78,7 +78,7 @@ def draw_curves(runs: dict[str, list[dict[str, Any]]], metrics: list[str], title
         ax.set_title(key, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if len(runs) > 1:
+        if len(runs) > 1 and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
@@ -94,7 +94,7 @@ def draw_stage(stage_dir: str | Path, metrics: list[str] | None = None) -> Path 
     """``<stage>/curves.png`` from its metrics.jsonl; None when the stage logged no steps (an eval stage)."""
     stage_dir = Path(stage_dir)
     rows = read_metrics(stage_dir)
-    keys = metrics or default_metrics(rows)
+    keys = [k for k in metrics or default_metrics(rows) if any(k in r for r in rows)]
     if not rows or not keys:
         return None
     return draw_curves({stage_dir.name: rows}, keys, f"{stage_dir.parent.name} / {stage_dir.name}",
@@ -139,6 +139,7 @@ def compare_runs(run_dirs: list[str | Path], metrics: list[str] | None = None, o
         by_run = {label: read_metrics(r / name) for label, r in zip(labels, runs)}
         by_run = {k: v for k, v in by_run.items() if v}
         keys = metrics or list(dict.fromkeys(k for rows in by_run.values() for k in default_metrics(rows)))
+        keys = [k for k in keys if any(k in r for rows in by_run.values() for r in rows)]  # a stage without them
         if keys:
             written.append(draw_curves(by_run, keys, f"stage {name}: " + " vs ".join(by_run), out_dir / f"{name}.png"))
     return written
