@@ -31,6 +31,7 @@ def test_plugins_command_lists_what_each_plugin_registered():
         "arithmetic",
         "geometry",
         "perce_reason",
+        "perception",
         "mathvista",
         "mathverse",
         "mathvision",
