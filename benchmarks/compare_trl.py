@@ -2,14 +2,16 @@
 
     pip install -e '.[bench]'
     python benchmarks/compare_trl.py [--steps 12] [--repeats 1] [--sizes 64x2x16,256x4x64] [--no-competitor]
+                                     [--trl-env OMP_WAIT_POLICY=PASSIVE] [--lmmr1-set model.threads=1]
 
 Both trainers run the same tiny random Qwen2 (``HIDDENxLAYERSxNEW_TOKENS``) in float32 without gradient
 checkpointing (TRL's config defaults to bf16 autocast and recomputation; lmmr1's to neither), on CPU, on the same
 generated additions, 2 prompts x 8 samples per step, GRPO with KL on (coef 0.001) and ``math_accuracy`` as the
 reward. Each run is a fresh process (``lmmr1 run`` on a stage file; TRL through its Python API), so each picks
-its own thread settings as a user's run would (``--trl-env`` adds to TRL's environment). The first ``--warmup`` steps are left out; the table shows each side's
-median and max seconds per step and lmmr1 / TRL. Then the same again while a competing 2-thread torch process,
-started here, keeps the CPUs busy for the duration (another user's job, or another rank).
+its own thread settings as a user's run would (``--trl-env`` adds to TRL's environment). The first
+``--warmup`` steps are left out; the table shows each side's median and max seconds per step and lmmr1 / TRL.
+Then the same again while a competing 2-thread torch process, started here, keeps the CPUs busy for the
+duration (another user's job, or another rank).
 """
 
 from __future__ import annotations
