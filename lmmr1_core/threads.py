@@ -9,7 +9,7 @@ step 50-200x slower at random whenever another busy process shares the CPUs. So:
   ``model.threads`` overrides it; reward worker processes take one each;
 - OpenMP waits passively (``OMP_WAIT_POLICY=PASSIVE``): an idle thread sleeps at once instead of spinning,
   so a thread that is descheduled never holds the others up spinning. The cost: waking a sleeping thread
-  takes microseconds, which a step of a tiny model on a quiet machine can feel (a few percent; README).
+  takes microseconds, which a step of a tiny model on a quiet machine may feel (README, Benchmarks).
   OpenMP reads it once, when torch loads, so the CLI sets it before anything imports torch, and child
   processes inherit it. A value already in the environment is kept.
 
