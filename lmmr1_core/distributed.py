@@ -59,16 +59,32 @@ def _heartbeat(store, rank: int) -> None:
         time.sleep(HEARTBEAT_S)
 
 
-def silent_ranks(stale_s: float = 5 * HEARTBEAT_S) -> list[tuple[int, float | None]]:
-    """(rank, seconds since it last stamped the store, or None if never) for every quiet rank."""
-    store, now, out = _store(), time.time(), []
+def last_beats() -> dict[int, float | None]:
+    """Seconds since each other rank last stamped the store (None: never)."""
+    store, now, out = _store(), time.time(), {}
     store.set_timeout(timedelta(seconds=2))
     for r in range(dist.get_world_size()):
         key = f"lmmr1/alive/{r}"
-        age = now - float(store.get(key)) if store.check([key]) else None
-        if age is None or age > stale_s:
-            out.append((r, age))
+        if r != dist.get_rank():
+            out[r] = now - float(store.get(key)) if store.check([key]) else None
     return out
+
+
+def first_silent(wait_s: float = 10.0) -> tuple[int, float | None] | None:
+    """The rank that went quiet first: the oldest heartbeat once one is a few beats late (the others stop
+    too after the failure, but later), or None if none is within ``wait_s``."""
+    deadline = time.time() + wait_s
+    while True:
+        beats = last_beats()
+        never = [r for r, age in beats.items() if age is None]
+        if never:
+            return never[0], None
+        rank, age = max(beats.items(), key=lambda kv: kv[1], default=(None, 0.0))
+        if rank is not None and age > 3 * HEARTBEAT_S:
+            return rank, age
+        if time.time() > deadline:
+            return None
+        time.sleep(HEARTBEAT_S / 2)
 
 
 def explain_failure(exc: BaseException) -> str | None:
@@ -76,13 +92,13 @@ def explain_failure(exc: BaseException) -> str | None:
     text = str(exc)
     if not dist.is_initialized() or not any(m in text for m in _PEER_ERRORS):
         return None
-    time.sleep(3 * HEARTBEAT_S)  # a rank that just died has missed a few beats by now
     try:
-        quiet = silent_ranks()
+        quiet = first_silent()
     except Exception:  # the store went down with the job
-        quiet = []
-    who = ", ".join(f"rank {r}" + (f" (silent {age:.0f} s)" if age is not None else "") for r, age in quiet)
-    return (f"rank {dist.get_rank()}: {who or 'another rank'} stopped ({text.splitlines()[0][:200]}); this rank "
+        quiet = None
+    who = "another rank" if quiet is None else f"rank {quiet[0]}" + (
+        f" (silent {quiet[1]:.0f} s)" if quiet[1] is not None else " (never started)")  # fmt: skip
+    return (f"rank {dist.get_rank()}: {who} stopped ({text.splitlines()[0][:200]}); this rank "
             "exits too. Rerun the same command to resume from the last checkpoint")  # fmt: skip
 
 
