@@ -51,12 +51,16 @@ def test_threads_are_divided_among_local_ranks_and_the_override_wins(monkeypatch
     assert threads.choose_threads() == 16
 
 
+def _fresh(code: str) -> str:
+    """Run ``code`` in a new interpreter: a vLLM engine built earlier in this test process (tests/test_vllm.py)
+    turns torch.set_num_threads into a no-op for the rest of it, and forked workers inherit that."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(__file__)).stdout.split()  # fmt: skip
+
+
 def test_configure_torch_sets_the_count():
-    before = torch.get_num_threads()
-    try:
-        assert threads.configure_torch(1) == 1 and torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    code = "import torch\nfrom lmmr1_core import threads\nprint(threads.configure_torch(1), torch.get_num_threads())"
+    assert _fresh(code) == ["1", "1"]
 
 
 def test_model_threads_is_a_checked_option():
@@ -96,13 +100,17 @@ def report_threads(prompts, completions, **kwargs):
 
 
 def test_reward_workers_take_one_thread_each():
-    from lmmr1_core.rewards import RewardWorkers
-
+    code = """
+from lmmr1_core.rewards import RewardWorkers
+from test_threads import report_threads
+if __name__ == "__main__":
     workers = RewardWorkers("threads", report_threads, timeout_s=30, workers=2)
     try:
-        assert workers.score(["p"] * 4, ["c"] * 4, {}) == [11.0] * 4  # 1 thread, OMP_NUM_THREADS=1
+        print(*workers.score(["p"] * 4, ["c"] * 4, {}))
     finally:
         workers.close()
+"""
+    assert _fresh(code) == ["11.0"] * 4  # 1 thread, OMP_NUM_THREADS=1
 
 
 COMPETITOR = """
