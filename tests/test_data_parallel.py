@@ -151,7 +151,8 @@ def test_two_nodes_and_a_rank_that_dies(tmp_path):
     assert time.time() - t0 < 60
     nodes[1].communicate(timeout=60)
     assert nodes[0].returncode != 0
-    assert "rank 0: rank 1 " in err and "Rerun the same command to resume" in err, [x for x in err.splitlines() if "rror" in x][:6]
+    errors = [x for x in err.splitlines() if "rror" in x][:6]
+    assert "rank 0: rank 1 " in err and "Rerun the same command to resume" in err, errors
 
     port = _free_port()
     nodes = [_node(tmp_path, r, port, "stages.warmup.steps=2", "stages.fre.steps=3") for r in (0, 1)]
