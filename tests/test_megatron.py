@@ -166,7 +166,7 @@ def test_world_size_must_be_a_multiple_of_the_split(tiny_text):
 
 
 def test_data_parallel_share_covers_the_batch():
-    from lmmr1_plugins.models.megatron.parallel import share
+    from lmmr1_core.distributed import share
 
     assert [list(share(3, r, 2)) for r in range(2)] == [[0, 1], [2]]
     assert [list(share(1, r, 2)) for r in range(2)] == [[0], []]

@@ -12,7 +12,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from lmmr1_core.distributed import init_process_group, share  # noqa: F401 (share: re-exported)
+from lmmr1_core.distributed import init_process_group
 from lmmr1_core.errors import ConfigError
 
 
