@@ -152,7 +152,8 @@ def summary(times: list[float]) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=12, help="measured steps per run")
-    ap.add_argument("--warmup", type=int, default=2, help="first steps of each run left out")
+    ap.add_argument("--warmup", type=int, default=8,
+                    help="first steps of each run left out: lmmr1 times its thread counts on its first 7")
     ap.add_argument("--repeats", type=int, default=1, help="runs per side and condition (alternating sides)")
     ap.add_argument("--sizes", default="64x2x16,256x4x64", help="HIDDENxLAYERSxNEW_TOKENS, comma-separated")
     ap.add_argument("--no-competitor", action="store_true", help="skip the contended runs")

@@ -90,6 +90,11 @@ class ModelConfig(_Strict):
         description="torch CPU threads per process (default: the CPUs this process may use, by affinity and "
         "cgroup quota, divided among torchrun's local ranks; see README, Benchmarks)",
     )
+    tune_threads: bool = Field(
+        True,
+        description="hf backend on CPU: time 1 thread against `threads` for each phase (prompt forward, one-token "
+        "steps, scoring forward, training forward) on its first calls and keep the faster (README, Benchmarks)",
+    )
     tensor_parallel: int = Field(1, ge=1, description="megatron: tensor-parallel size")
     pipeline_parallel: int = Field(1, ge=1, description="megatron: pipeline-parallel size")
     rollout: RolloutConfig = RolloutConfig()

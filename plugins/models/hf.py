@@ -1,6 +1,6 @@
 """The Hugging Face backend: any causal LM or Qwen2.5-VL through ``from_pretrained``.
 
-Generation with ``generate``; log-probs with a plain forward. Prompts are left-padded and
+Generation with a KV-cached sampling loop (``decode.py``); log-probs with a plain forward. Prompts are left-padded and
 completions right-padded, so every completion token sits in the last ``T`` positions and only
 those logits are computed (``logits_to_keep``) — the vocabulary projection is the memory peak.
 """
@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lmmr1_plugins.models.decode import sample
 
 from lmmr1_core.contracts import ADAPTER, CRITIC, DATA_PARALLEL, REFERENCE, ROLLOUT_WEIGHTS
 from lmmr1_core.distributed import sum_gradients
 from lmmr1_core.errors import ConfigError, DataError
+from lmmr1_core.threads import PhaseThreads
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
 
@@ -148,6 +150,7 @@ class HFBackend:
         max_pixels: int | None = None,
         gradient_checkpointing: bool = False,
         lora: dict[str, Any] | None = None,
+        tune_threads: bool = True,
         **unused: Any,
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer
@@ -187,6 +190,8 @@ class HFBackend:
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.eos_ids.add(self.tokenizer.eos_token_id)
+        self.tune_threads = tune_threads
+        self._phases: dict[str, PhaseThreads] = {}  # made on first use: the CLI sets torch's threads after loading
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = gen.pad_token_id if gen.pad_token_id is not None else next(iter(self.eos_ids))
@@ -340,31 +345,20 @@ class HFBackend:
         temperature, before top-p), the same quantity the vllm engine reports.
         """
         batch = self._batch(prompts)
-        batch.pop("position_ids", None)
         self.model.eval()
-        out = self.model.generate(
-            **batch,
-            **(
-                {"do_sample": False}
-                if greedy
-                else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-            ),
-            max_new_tokens=max_new_tokens,
-            pad_token_id=self.pad_id,
-            eos_token_id=sorted(self.eos_ids),
-            suppress_tokens=self.suppress or None,
-            return_dict_in_generate=True,
-            output_logits=return_logprobs,
-        )
-        new_ids = out.sequences[:, batch["input_ids"].shape[1] :]
-        completions = []
-        for row in new_ids.tolist():
-            cut = next((i + 1 for i, t in enumerate(row) if t in self.eos_ids), len(row))
-            completions.append(row[:cut])
-        if not return_logprobs:
-            return completions
-        logp, _ = token_logprobs(torch.stack(out.logits, dim=1), new_ids, 1.0 if greedy else temperature, self.suppress)
-        return completions, [row[: len(c)] for row, c in zip(logp.tolist(), completions)]
+        completions, logps = sample(
+            self.model, batch, max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy,
+            eos_ids=self.eos_ids, suppress=self.suppress, prefill_threads=self._threads("prefill"),
+            decode_threads=self._threads("decode"),
+        )  # fmt: skip
+        return (completions, logps) if return_logprobs else completions
+
+    def _threads(self, phase: str) -> PhaseThreads:
+        """This phase's thread tuner (CPU); on a GPU one that leaves torch's thread count alone."""
+        if phase not in self._phases:
+            full = torch.get_num_threads() if self.device.type == "cpu" else None
+            self._phases[phase] = PhaseThreads(full, tune=self.tune_threads)
+        return self._phases[phase]
 
     def rollout_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights a rollout engine loads, under Hugging Face names (tied weights included); with LoRA the
@@ -395,7 +389,8 @@ class HFBackend:
     def _logprobs(self, model, prompts, completions, temperature: float, with_entropy: bool):
         batch = self._batch(prompts, completions)
         T = max(len(c) for c in completions)
-        logits = model(**batch, use_cache=False, logits_to_keep=T + 1).logits[:, :-1]
+        phase = "forward" if torch.is_grad_enabled() else "scoring"  # with a backward to follow, or without
+        logits = self._threads(phase).run(lambda: model(**batch, use_cache=False, logits_to_keep=T + 1)).logits[:, :-1]
         mask = batch["attention_mask"][:, -T:].float()
         logp, entropy = token_logprobs(logits, batch["input_ids"][:, -T:], temperature, self.suppress, with_entropy)
         return logp * mask, mask, entropy
