@@ -2,13 +2,15 @@
 
     pip install -e '.[bench]'
     python benchmarks/compare_trl.py [--steps 12] [--repeats 1] [--sizes 64x2x16,256x4x64] [--no-competitor]
-                                     [--trl-env OMP_WAIT_POLICY=PASSIVE] [--lmmr1-set model.threads=1]
+                                     [--trl-env OMP_WAIT_POLICY=PASSIVE] [--lmmr1-env OMP_WAIT_POLICY=ACTIVE]
+                                     [--lmmr1-set model.threads=1]
 
 Both trainers run the same tiny random Qwen2 (``HIDDENxLAYERSxNEW_TOKENS``) in float32 without gradient
 checkpointing (TRL's config defaults to bf16 autocast and recomputation; lmmr1's to neither), on CPU, on the same
 generated additions, 2 prompts x 8 samples per step, GRPO with KL on (coef 0.001) and ``math_accuracy`` as the
 reward. Each run is a fresh process (``lmmr1 run`` on a stage file; TRL through its Python API), so each picks
-its own thread settings as a user's run would (``--trl-env`` adds to TRL's environment). The first
+its own thread settings as a user's run would (``--trl-env`` and ``--lmmr1-env`` add to a side's environment:
+the same ``OMP_WAIT_POLICY`` on both compares the code paths alone). The first
 ``--warmup`` steps are left out; the table shows each side's median and max seconds per step and lmmr1 / TRL.
 Then the same again while a competing 2-thread torch process, started here, keeps the CPUs busy for the
 duration (another user's job, or another rank).
@@ -162,6 +164,9 @@ def main() -> None:
     ap.add_argument("--trl-env", action="append", default=[], metavar="KEY=VALUE",
                     help="environment for TRL's processes, e.g. OMP_WAIT_POLICY=PASSIVE: the thread policy lmmr1 "
                     "sets itself, to compare the code paths alone (repeatable)")  # fmt: skip
+    ap.add_argument("--lmmr1-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment for lmmr1's processes, e.g. OMP_WAIT_POLICY=ACTIVE (lmmr1 keeps a policy that is "
+                    "set; unset, it waits passively) (repeatable)")  # fmt: skip
     ap.add_argument("--json", default=None, help="also write every step time to this file")
     ap.add_argument("--child", choices=["trl", "lmmr1"], help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -191,7 +196,7 @@ def main() -> None:
                         for side in runs:
                             total = args.steps + args.warmup
                             sets = args.lmmr1_set if side == "lmmr1" else []
-                            env = args.trl_env if side == "trl" else []
+                            env = args.trl_env if side == "trl" else args.lmmr1_env
                             runs[side] += run_side(side, model, new_tokens, total, sets, env)[args.warmup :]
                 finally:
                     if competitor is not None:

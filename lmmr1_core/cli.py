@@ -84,11 +84,9 @@ def run(file: str, overrides: tuple[str, ...], output_dir: str | None, fresh: bo
         check_world(load_config(file, list(overrides)), (nproc_per_node or 1) * nnodes, file)  # once, not per rank
         _torchrun(nproc_per_node or 1, nnodes, node_rank, master_addr, master_port)
     from lmmr1_core.run import run as run_stages
-    from lmmr1_core.threads import configure_torch
 
     cfg = load_config(file, list(overrides))
     _quiet_libraries()
-    configure_torch(cfg.model.threads)
     run_dir = run_stages(cfg, file, fresh=fresh, output_dir=output_dir)
     click.echo(f"done: {run_dir}")
 
@@ -245,7 +243,6 @@ def eval_command(model_path, data_specs, reward_names, k, max_new_tokens, temper
     """Evaluate a model on data sets: greedy accuracy, or mean@k / pass@k; writes results.json and a table."""
     from lmmr1_core.config import RunConfig
     from lmmr1_core.run import run as run_stages
-    from lmmr1_core.threads import configure_torch
 
     cfg = RunConfig.model_validate({
         "name": name,
@@ -261,7 +258,6 @@ def eval_command(model_path, data_specs, reward_names, k, max_new_tokens, temper
         }},
     })  # fmt: skip
     _quiet_libraries()
-    configure_torch(cfg.model.threads)
     run_dir = run_stages(cfg, "lmmr1 eval", fresh=True)
     click.echo((run_dir / "eval/final/table.txt").read_text(), nl=False)
     click.echo(f"results: {run_dir / 'eval/final/results.json'}")

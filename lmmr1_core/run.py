@@ -310,7 +310,27 @@ def check_columns(cfg: RunConfig, data: dict[str, list[Sample]], path: str) -> N
 
 
 def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None = None) -> Path:
-    """Run the stages; everything that can be checked is checked before the run directory changes."""
+    """Run the stages; everything that can be checked is checked before the run directory changes.
+
+    torch's CPU threads are set for the run (``model.threads``, else this rank's share of the usable CPUs) and
+    given back after it, so a Python caller gets what ``lmmr1 run`` gets; the passive OpenMP wait policy must
+    be in the environment before torch loads, which only the caller can do
+    (``lmmr1_core.threads.prepare_environment``; the CLI does).
+    """
+    import torch
+
+    from lmmr1_core.threads import configure_torch
+
+    before = torch.get_num_threads()
+    configure_torch(cfg.model.threads)
+    try:
+        return _checked_run(cfg, path, fresh, output_dir)
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def _checked_run(cfg: RunConfig, path: str, fresh: bool, output_dir: str | None) -> Path:
     order = stage_order(cfg, path)
     check_plugins(cfg, path)
     check_model_path(cfg, path, loading=True)
