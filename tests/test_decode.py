@@ -5,11 +5,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from lmmr1_plugins.models.decode import pick_tokens, sample
 from PIL import Image
 
 from lmmr1_core import load_model
 from lmmr1_core.threads import PhaseThreads
-from lmmr1_plugins.models.decode import pick_tokens, sample
 
 
 @pytest.fixture(scope="module")

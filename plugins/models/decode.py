@@ -9,7 +9,10 @@ Why not ``model.generate``:
   drag every finished row through each remaining step;
 - on a CPU the one-token steps run on the thread count that is faster for them (``PhaseThreads``), which is
   often fewer than the prompt's forward wants;
-- less Python per token than the general-purpose loop (no logits-processor and stopping-criteria lists).
+- less Python per token: no logits-processor and stopping-criteria lists, and for Llama-family decoders
+  (Qwen2, Llama, Qwen2.5-VL's language model) a one-token step of a few lines over the model's own modules
+  and a preallocated KV cache (``LeanStep``) instead of the general forward, which builds a 4-D mask, rotary
+  tables and output records and grows the cache by concatenation on every step.
 
 What it keeps from ``generate``'s semantics: temperature, nucleus (``top_p``) sampling over the tempered
 distribution, greedy decoding, tokens that are never sampled (``suppress``), and a completion that ends at
@@ -45,8 +48,91 @@ def pick_tokens(
             sorted_p, order = probs.sort(dim=-1, descending=True)
             outside = (sorted_p.cumsum(-1) - sorted_p) >= top_p
             probs = probs.scatter(-1, order, sorted_p.masked_fill(outside, 0.0))
-        tokens = torch.multinomial(probs, 1).squeeze(-1)
+        # inverse CDF with one uniform draw per row in (0, 1]: the first token whose cumulative mass reaches it
+        # (a token of mass 0 never does). torch.multinomial and the Exp(1)-race draw one number per vocabulary
+        # entry, which on a CPU took longer than the rest of a small model's step
+        cdf = probs.cumsum(-1)
+        u = (1.0 - torch.rand(cdf.shape[0], 1, device=cdf.device, dtype=cdf.dtype)) * cdf[:, -1:]
+        tokens = torch.searchsorted(cdf, u).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
     return tokens, logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logz
+
+
+LEAN_MODEL_TYPES = {"llama", "qwen2", "qwen2_vl_text", "qwen2_5_vl_text"}
+"""Decoders whose one-token step ``LeanStep`` computes exactly (RMSNorm, rotary on all of each head, grouped-query
+attention over every earlier token, gated MLP); any other model takes the general forward."""
+
+
+class LeanStep:
+    """One-token steps over a decoder's own modules (so LoRA layers and hooks on them still apply).
+
+    ``None`` from ``build`` when the model is not one whose step it reproduces. The KV cache the prompt forward
+    filled is copied once into buffers with room for every new token; each step writes one column.
+    """
+
+    @staticmethod
+    def build(model: torch.nn.Module, cache, rows: int, total: int) -> LeanStep | None:
+        inner = getattr(model, "model", None)
+        text = getattr(inner, "language_model", inner)  # Qwen2.5-VL: the language model inside
+        cfg = getattr(text, "config", None)
+        rotary = getattr(text, "rotary_emb", None)
+        if (cfg is None or rotary is None or getattr(cfg, "model_type", None) not in LEAN_MODEL_TYPES
+                or getattr(rotary, "rope_type", None) not in ("default", "linear", "llama3", "yarn")
+                or getattr(cfg, "hidden_act", None) != "silu" or getattr(cfg, "_attn_implementation", None) != "sdpa"
+                or any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or ["full_attention"])
+                or model.get_output_embeddings() is None or model.training
+                or len(getattr(cache, "layers", ())) != len(text.layers)):  # fmt: skip
+            return None
+        return LeanStep(model, text, rotary, cache, rows, total)
+
+    def __init__(self, model, text, rotary, cache, rows: int, total: int) -> None:
+        self.text, self.head, self.layers = text, model.get_output_embeddings(), list(text.layers)
+        self.inv_freq, self.scale = rotary.inv_freq, float(getattr(rotary, "attention_scaling", 1.0))
+        self.length = cache.get_seq_length()
+        self.keys, self.values = [], []
+        for layer in cache.layers:  # [rows, kv heads, prompt, head dim] -> room for ``total`` positions
+            for src, dst in ((layer.keys, self.keys), (layer.values, self.values)):
+                buf = src.new_empty(rows, src.shape[1], total, src.shape[3])
+                buf[:, :, : src.shape[2]] = src
+                dst.append(buf)
+        cache.layers.clear()  # the prompt's copy is no longer needed
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only these rows (the others have ended)."""
+        self.keys = [k[keep] for k in self.keys]
+        self.values = [v[keep] for v in self.values]
+
+    def __call__(self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits ``[rows, vocab]`` of the token after ``tokens [rows]``, at ``positions [rows, 1]``; ``mask``
+        covers every cached position and this one."""
+        col, self.length = self.length, self.length + 1
+        freqs = positions.unsqueeze(-1).float() * self.inv_freq.to(positions.device)  # [rows, 1, half]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        cos = (emb.cos() * self.scale).unsqueeze(1)  # [rows, 1, 1, head dim]: broadcast over the heads
+        sin = (emb.sin() * self.scale).unsqueeze(1)
+        attend = mask[:, None, None, : col + 1].bool()
+        h = self.text.embed_tokens(tokens.unsqueeze(-1))  # [rows, 1, hidden]
+        rows = h.shape[0]
+        for layer, keys, values in zip(self.layers, self.keys, self.values):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = attn.q_proj(x).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
+            k = attn.k_proj(x).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
+            v = attn.v_proj(x).view(rows, 1, -1, attn.head_dim).transpose(1, 2)
+            q, k = q * cos.to(q) + _rotate_half(q) * sin.to(q), k * cos.to(k) + _rotate_half(k) * sin.to(k)
+            keys[:, :, col : col + 1] = k
+            values[:, :, col : col + 1] = v
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q, keys[:, :, : col + 1], values[:, :, : col + 1], attn_mask=attend, scale=attn.scaling,
+                enable_gqa=q.shape[1] != k.shape[1],
+            )  # fmt: skip
+            h = h + attn.o_proj(out.transpose(1, 2).reshape(rows, 1, -1))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return self.head(self.text.norm(h))[:, -1]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 @torch.inference_mode()  # not no_grad: no version counters or view tracking either (a step is 15-25% faster)
@@ -62,6 +148,7 @@ def sample(
     suppress: list[int] = (),
     prefill_threads: PhaseThreads | None = None,
     decode_threads: PhaseThreads | None = None,
+    lean_steps: bool = True,
 ) -> tuple[list[list[int]], list[list[float]]]:
     """Completions for a left-padded ``batch`` (``input_ids``, ``attention_mask`` and whatever else the
     model's forward takes: images, positions) and each token's log-prob.
@@ -84,12 +171,15 @@ def sample(
     eos = torch.tensor(sorted(eos_ids), device=ids.device)
     full_mask = torch.cat([mask, mask.new_ones(rows, max_new_tokens)], dim=1)
     try:
-        out = prefill_threads.run(lambda: model(**batch, past_key_values=cache, use_cache=True, logits_to_keep=1))
+        logits = prefill_threads.run(
+            lambda: model(**batch, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        )
         positions = (mask.cumsum(-1) - 1)[:, -1:]
         if "pixel_values" in batch:  # only then: after a text-only forward the attribute is stale
             positions = positions + model.model.rope_deltas.to(positions)
+        lean = LeanStep.build(model, cache, rows, prompt_len + max_new_tokens) if lean_steps else None
         for step in range(max_new_tokens):
-            new, logp = pick_tokens(out.logits[:, -1], temperature, top_p, greedy, suppress)
+            new, logp = pick_tokens(logits, temperature, top_p, greedy, suppress)
             for r, t, lp in zip(live, new.tolist(), logp.tolist()):
                 tokens[r].append(t)
                 logps[r].append(lp)
@@ -100,17 +190,19 @@ def sample(
                 keep = going.nonzero().squeeze(-1)
                 if keep.numel() == 0:
                     break
-                cache.batch_select_indices(keep)
+                lean.select(keep) if lean is not None else cache.batch_select_indices(keep)
                 full_mask, positions, new = full_mask[keep], positions[keep], new[keep]
                 live = [live[i] for i in keep.tolist()]
             positions = positions + 1
             step_mask = full_mask[:, : prompt_len + step + 1]
 
             def forward(new=new, step_mask=step_mask, positions=positions):
+                if lean is not None:
+                    return lean(new, step_mask, positions)
                 return model(input_ids=new.unsqueeze(-1), attention_mask=step_mask, position_ids=positions,
-                             past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+                             past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # fmt: skip
 
-            out = decode_threads.run(forward)
+            logits = decode_threads.run(forward)
     finally:
         if torch.get_num_threads() != entry_threads:
             torch.set_num_threads(entry_threads)
