@@ -126,3 +126,47 @@ def test_generation_gives_the_callers_thread_count_back(backends):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def _sample_both_ways(b, kind, monkeypatch):
+    """The same seeded sampling with the lean one-token step and with the model's general forward."""
+    from lmmr1_plugins.models import decode
+
+    built = []
+    build = decode.LeanStep.build
+    monkeypatch.setattr(decode.LeanStep, "build", staticmethod(lambda *a: built.append(build(*a)) or built[-1]))
+    batch = b._batch(prompts_of(b, kind))
+    runs = []
+    for lean in (True, False):
+        torch.manual_seed(1)
+        runs.append(sample(b.model, batch, 12, temperature=0.8, eos_ids=set(range(40, 90)), lean_steps=lean))
+    return built, runs
+
+
+@pytest.mark.parametrize("kind", ["text", "vl", "lora"])
+def test_the_lean_step_is_taken_and_samples_what_the_general_forward_samples(backends, tiny_text, kind, monkeypatch):
+    """Qwen2, Qwen2.5-VL (image rows: multimodal positions) and a LoRA-adapted model (the adapter's layers are
+    the modules the step calls): same tokens, same log-probs, rows leaving the batch on the way."""
+    if kind == "lora":
+        b = load_model("hf", path=str(tiny_text), device="cpu", lora={"r": 4, "alpha": 8})
+        with torch.no_grad():  # a fresh adapter is the identity: give it weights, so skipping it would show
+            for name, p in b.model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5)
+        b.model.eval()
+    else:
+        b = backends[kind]
+    built, ((lean_tokens, lean_logps), (tokens, logps)) = _sample_both_ways(b, "vl" if kind == "vl" else "text",
+                                                                             monkeypatch)  # fmt: skip
+    assert built and built[0] is not None  # the lean step ran, not a silent fallback
+    assert lean_tokens == tokens and len({len(t) for t in tokens}) > 1
+    for a, c in zip(lean_logps, logps):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(c), atol=1e-5, rtol=0)
+
+
+def test_a_decoder_the_lean_step_does_not_know_takes_the_general_forward(backends, monkeypatch):
+    from lmmr1_plugins.models import decode
+
+    monkeypatch.setattr(decode, "LEAN_MODEL_TYPES", set())
+    built, ((lean_tokens, _), (tokens, _)) = _sample_both_ways(backends["text"], "text", monkeypatch)
+    assert built == [None] and lean_tokens == tokens
