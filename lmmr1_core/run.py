@@ -313,9 +313,9 @@ def run(cfg: RunConfig, path: str, fresh: bool = False, output_dir: str | None =
     """Run the stages; everything that can be checked is checked before the run directory changes.
 
     torch's CPU threads are set for the run (``model.threads``, else this rank's share of the usable CPUs) and
-    given back after it, so a Python caller gets what ``lmmr1 run`` gets; the passive OpenMP wait policy must
-    be in the environment before torch loads, which only the caller can do
-    (``lmmr1_core.threads.prepare_environment``; the CLI does).
+    given back after it, so a Python caller gets what ``lmmr1 run`` gets; OpenMP's short spin must be in the
+    environment before torch loads, which only the caller can do (``lmmr1_core.threads.prepare_environment``;
+    the CLI does).
     """
     import torch
 

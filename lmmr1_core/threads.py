@@ -7,11 +7,19 @@ step 50-200x slower at random whenever another busy process shares the CPUs. So:
 
 - threads = the CPUs we may use (affinity mask, cgroup quota), divided among the local ranks under torchrun;
   ``model.threads`` overrides it; reward worker processes take one each;
-- OpenMP waits passively (``OMP_WAIT_POLICY=PASSIVE``): an idle thread sleeps at once instead of spinning,
-  so a thread that is descheduled never holds the others up spinning. The cost: waking a sleeping thread
-  takes microseconds, which a step of a tiny model on a quiet machine may feel (README, Benchmarks).
-  OpenMP reads it once, when torch loads, so the CLI sets it before anything imports torch, and child
-  processes inherit it. A value already in the environment is kept.
+- each phase of the work (prompt forward, one-token step, scoring forward, training forward) runs on the
+  faster of 1 thread and all of them, timed on its first calls and timed again when it turns several times
+  slower than it was (``PhaseThreads``): another busy process on the machine makes 1 thread the faster, and
+  one thread has no team to spin for;
+- OpenMP threads spin for about 0.2 ms before they sleep (``GOMP_SPINCOUNT=20000``; GNU OpenMP, which
+  torch's Linux wheels use, counts about 100,000 spins per ms), set by the CLI before anything loads torch,
+  inherited by child processes, and left out where the user has set ``OMP_WAIT_POLICY`` or
+  ``GOMP_SPINCOUNT``. OpenMP's default spins for about 3 ms, ``OMP_WAIT_POLICY=PASSIVE`` not at all. The
+  training forward and backward start hundreds of parallel regions, and a sleeping thread wakes tens of
+  microseconds late for each: measured on 2 cores (README, Benchmarks), a quiet step at hidden 256 took 0.74 s
+  at 20,000 spins, 0.81-1.03 s at OpenMP's default and 1.06 s passive. When another busy process arrives in
+  the middle of a run, threads that spin for milliseconds held one step up 25x before the 1-thread fallback
+  took over; 0.2 ms of spinning, like none, kept every step within 2.2x.
 
 Nothing here imports torch at module level: ``prepare_environment`` runs before torch is loaded.
 """
@@ -23,16 +31,16 @@ import os
 from collections.abc import MutableMapping
 from pathlib import Path
 
-OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-"""What the CLI puts in the environment (unless already set) before torch loads."""
+OPENMP_SPIN = {"GOMP_SPINCOUNT": "20000"}
+"""What the CLI puts in the environment before torch loads, unless the user chose a wait policy or spin count."""
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
 def prepare_environment(env: MutableMapping[str, str] = os.environ) -> None:
-    """Passive OpenMP waiting for this process and its children; call before torch is imported."""
-    for key, value in OPENMP_ENV.items():
-        env.setdefault(key, value)
+    """A short OpenMP spin for this process and its children; call before torch is imported."""
+    if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
+        env.update(OPENMP_SPIN)
 
 
 def cgroup_cpu_quota(root: str | Path = CGROUP_ROOT) -> float | None:
@@ -109,24 +117,30 @@ class PhaseThreads:
     """The intra-op thread count for one phase of the work (a prompt forward, a one-token step, a training
     forward), tuned by timing it: the faster of 1 thread and all of them.
 
-    With passive waiting every parallel region first wakes a sleeping thread, which costs more than a small
-    matmul gains from the second core. Measured on 2 cores (Qwen2, 16 rows): a one-token step of a hidden-256
-    model ran 1.8x faster on 1 thread than on 2, while its training forward and backward ran 1.4x faster on 2;
-    at hidden 64 both were faster on 1. A bigger model has more work per op, and more threads win. So the
-    first calls of each phase alternate between the candidates (after ``warmup`` calls that warm caches and
-    allocators), and the count with the lower median time is kept for the rest of the process.
+    A small matmul gains less from a second core than it costs to hand it over, and when another busy process
+    shares the cores, two threads of ours wait for each other's turn on them. A bigger model has more work per
+    op, and more threads win. So the first calls of each phase alternate between the candidates (after
+    ``warmup`` calls that warm caches and allocators), and the count with the lower median time per unit of
+    ``work`` is kept. A kept count is watched: ``strikes`` calls in a row ``slower`` times slower than when it
+    was chosen (per unit of work) start the tuning again, so a process that arrives mid-run is answered within
+    a few calls.
 
     On this machine's torch (MKL, OpenMP) results were bit-for-bit the same on 1 and 2 threads, so tuning does
     not change what a run computes (a resumed run still equals an uninterrupted one, tests/test_run.py).
     ``full=None`` (a GPU backend) leaves torch's count alone; ``tune=False`` always uses ``full``.
     """
 
-    def __init__(self, full: int | None, tune: bool = True, trials: int = 3, warmup: int = 1) -> None:
+    def __init__(self, full: int | None, tune: bool = True, trials: int = 3, warmup: int = 1,
+                 slower: float = 3.0, strikes: int = 3) -> None:  # fmt: skip
         self.full = full
         self.candidates = sorted({1, full}) if full is not None and tune else [full]
         self.chosen = self.candidates[0] if len(self.candidates) == 1 else None
         self.times: dict[int | None, list[float]] = {n: [] for n in self.candidates}
         self.trials, self.warmup = trials, warmup
+        self.slower, self.strikes = slower, strikes
+        self.baseline = 0.0  # the kept count's median time per unit of work when it was chosen
+        self.slow_calls = 0  # consecutive calls over ``slower`` x baseline
+        self.retunes = 0
 
     def next(self) -> int | None:
         """The thread count for the next call."""
@@ -134,19 +148,28 @@ class PhaseThreads:
             return self.chosen or self.full
         return min(self.candidates, key=lambda n: len(self.times[n]))  # alternate: fewest timings first
 
-    def record(self, threads: int | None, seconds: float) -> None:
+    def record(self, threads: int | None, seconds: float, work: float = 1.0) -> None:
+        rate = seconds / max(work, 1e-12)
+        if len(self.candidates) == 1:
+            return
         if self.chosen is not None:
+            self.slow_calls = self.slow_calls + 1 if rate > self.slower * self.baseline else 0
+            if self.slow_calls >= self.strikes:  # the machine changed under us: time both counts again
+                self.chosen, self.slow_calls, self.retunes = None, 0, self.retunes + 1
+                self.times = {n: [] for n in self.candidates}
             return
         if self.warmup > 0:
             self.warmup -= 1
             return
-        self.times[threads].append(seconds)
+        self.times[threads].append(rate)
         if all(len(t) >= self.trials for t in self.times.values()):
-            self.chosen = min(self.candidates, key=lambda n: sorted(self.times[n])[self.trials // 2])
+            median = {n: sorted(t)[self.trials // 2] for n, t in self.times.items()}
+            self.chosen = min(self.candidates, key=median.__getitem__)
+            self.baseline = median[self.chosen]
 
-    def run(self, fn):
+    def run(self, fn, work: float = 1.0):
         """``fn()`` on the thread count ``next()`` names, which stays set afterwards (a backward that follows
-        a training forward runs on it too)."""
+        a training forward runs on it too). ``work``: the call's size (tokens), for comparing calls."""
         import time
 
         import torch
@@ -156,5 +179,5 @@ class PhaseThreads:
             torch.set_num_threads(n)
         start = time.perf_counter()
         out = fn()
-        self.record(n, time.perf_counter() - start)
+        self.record(n, time.perf_counter() - start, work)
         return out

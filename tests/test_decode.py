@@ -112,6 +112,37 @@ def test_phase_threads_keep_whichever_count_runs_faster():
         torch.set_num_threads(before)
 
 
+def test_phase_threads_tune_again_when_the_kept_count_turns_slow():
+    """Another process arrives mid-run: the kept count turns several times slower per unit of work, and after
+    ``strikes`` such calls in a row both counts are timed again; a bigger call is not a slower one."""
+    before = torch.get_num_threads()
+    try:
+        tuner = PhaseThreads(2, warmup=0)
+        slow = {"threads": 1, "by": 1.0}
+
+        def work():
+            time.sleep(0.002 * (10 if torch.get_num_threads() == slow["threads"] else 1) * slow["by"])
+
+        for _ in range(6):
+            tuner.run(work)
+        assert tuner.chosen == 2
+        for _ in range(3):
+            tuner.run(lambda: time.sleep(0.08), work=20)  # 20x the work in 40x the time: not slower per unit
+        assert tuner.chosen == 2 and tuner.retunes == 0
+        slow.update(threads=2, by=0.25)  # now 2 threads are the slow ones: 2.5x, not yet a strike
+        tuner.run(work)
+        assert tuner.slow_calls == 0
+        slow.update(by=1.0)  # 10x slower than when chosen
+        for _ in range(3):
+            tuner.run(work)
+        assert tuner.retunes == 1 and tuner.chosen is None
+        for _ in range(6):
+            tuner.run(work)
+        assert tuner.chosen == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_generation_gives_the_callers_thread_count_back(backends):
     """Generation tunes its own phases; what the caller runs next (a training forward, a megatron step) runs on
     the count it had set."""

@@ -72,27 +72,36 @@ def test_model_threads_is_a_checked_option():
         ModelConfig(path="m", thread=2)  # strict: a typo is an error
 
 
-def test_passive_openmp_is_set_before_torch_loads_and_a_users_value_is_kept():
+def test_a_short_openmp_spin_is_set_before_torch_loads_and_a_users_choice_is_kept():
     env = {}
     threads.prepare_environment(env)
-    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
-    env = {"OMP_WAIT_POLICY": "ACTIVE"}
-    threads.prepare_environment(env)
-    assert env["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert env == {"GOMP_SPINCOUNT": "20000"}
+    for users in ({"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "300000"}):
+        env = dict(users)
+        threads.prepare_environment(env)
+        assert env == users  # a spin count would override the user's policy: none is added
     # the CLI sets it before anything imports torch (OpenMP reads it once, when torch loads)
     probe = """
 import os, sys
+
+class Watch:  # what GOMP_SPINCOUNT is when torch is first imported
+    seen = "torch not loaded"
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and Watch.seen == "torch not loaded":
+            Watch.seen = os.environ.get("GOMP_SPINCOUNT")
+        return None
+
+sys.meta_path.insert(0, Watch())
 from lmmr1_core.cli import main
-loaded = "torch" in sys.modules  # the group's callback, which sets it, runs before any command imports torch
 try:
     main(["validate", "no-such-file.yaml"])
 except SystemExit:
     pass
-print(os.environ.get("OMP_WAIT_POLICY"), loaded)
+print(Watch.seen)
 """
-    clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=clean, check=True)
-    assert out.stdout.split() == ["PASSIVE", "False"]
+    assert out.stdout.split() == ["20000"]
 
 
 def report_threads(prompts, completions, **kwargs):

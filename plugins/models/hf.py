@@ -390,7 +390,8 @@ class HFBackend:
         batch = self._batch(prompts, completions)
         T = max(len(c) for c in completions)
         phase = "forward" if torch.is_grad_enabled() else "scoring"  # with a backward to follow, or without
-        logits = self._threads(phase).run(lambda: model(**batch, use_cache=False, logits_to_keep=T + 1)).logits[:, :-1]
+        forward = lambda: model(**batch, use_cache=False, logits_to_keep=T + 1)  # noqa: E731
+        logits = self._threads(phase).run(forward, batch["input_ids"].numel()).logits[:, :-1]
         mask = batch["attention_mask"][:, -T:].float()
         logp, entropy = token_logprobs(logits, batch["input_ids"][:, -T:], temperature, self.suppress, with_entropy)
         return logp * mask, mask, entropy
