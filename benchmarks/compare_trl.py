@@ -2,7 +2,7 @@
 
     pip install -e '.[bench]'
     python benchmarks/compare_trl.py [--steps 12] [--repeats 1] [--sizes 64x2x16,256x4x64] [--no-competitor]
-                                     [--trl-env OMP_WAIT_POLICY=PASSIVE] [--lmmr1-env OMP_WAIT_POLICY=ACTIVE]
+                                     [--trl-env GOMP_SPINCOUNT=20000] [--lmmr1-env OMP_WAIT_POLICY=PASSIVE]
                                      [--lmmr1-set model.threads=1]
 
 Both trainers run the same tiny random Qwen2 (``HIDDENxLAYERSxNEW_TOKENS``) in float32 without gradient
@@ -10,7 +10,8 @@ checkpointing (TRL's config defaults to bf16 autocast and recomputation; lmmr1's
 generated additions, 2 prompts x 8 samples per step, GRPO with KL on (coef 0.001) and ``math_accuracy`` as the
 reward. Each run is a fresh process (``lmmr1 run`` on a stage file; TRL through its Python API), so each picks
 its own thread settings as a user's run would (``--trl-env`` and ``--lmmr1-env`` add to a side's environment:
-the same ``OMP_WAIT_POLICY`` on both compares the code paths alone). The first
+lmmr1's CLI sets ``GOMP_SPINCOUNT=20000`` unless a spin count or wait policy is set: the same setting on both
+compares the code paths alone). The first
 ``--warmup`` steps are left out; the table shows each side's median and max seconds per step and lmmr1 / TRL.
 Then the same again while a competing 2-thread torch process, started here, keeps the CPUs busy for the
 duration (another user's job, or another rank).
@@ -162,11 +163,11 @@ def main() -> None:
     ap.add_argument("--lmmr1-set", action="append", default=[], metavar="KEY=VALUE",
                     help="passed to `lmmr1 run --set`, e.g. model.threads=1 (repeatable)")  # fmt: skip
     ap.add_argument("--trl-env", action="append", default=[], metavar="KEY=VALUE",
-                    help="environment for TRL's processes, e.g. OMP_WAIT_POLICY=PASSIVE: the thread policy lmmr1 "
+                    help="environment for TRL's processes, e.g. GOMP_SPINCOUNT=20000: the OpenMP spin lmmr1 "
                     "sets itself, to compare the code paths alone (repeatable)")  # fmt: skip
     ap.add_argument("--lmmr1-env", action="append", default=[], metavar="KEY=VALUE",
-                    help="environment for lmmr1's processes, e.g. OMP_WAIT_POLICY=ACTIVE (lmmr1 keeps a policy that is "
-                    "set; unset, it waits passively) (repeatable)")  # fmt: skip
+                    help="environment for lmmr1's processes, e.g. OMP_WAIT_POLICY=PASSIVE (lmmr1 keeps a wait policy "
+                    "or spin count that is set; else it spins 20000 times, about 0.2 ms) (repeatable)")  # fmt: skip
     ap.add_argument("--json", default=None, help="also write every step time to this file")
     ap.add_argument("--child", choices=["trl", "lmmr1"], help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)

@@ -28,6 +28,17 @@ import torch
 from lmmr1_core.threads import PhaseThreads
 
 
+def sampling_logits(
+    logits: torch.Tensor, temperature: float, suppress: list[int] = (), floor: float = float("-inf")
+) -> torch.Tensor:
+    """The logits of the distribution tokens are sampled from: tempered, the ``suppress`` tokens set to
+    ``floor``. Sampling (``pick_tokens``) and training (``hf.token_logprobs``) must agree on it."""
+    logits = logits.float() / temperature
+    if suppress:
+        logits = logits.index_fill(-1, torch.tensor(list(suppress), device=logits.device), floor)
+    return logits
+
+
 def pick_tokens(
     logits: torch.Tensor, temperature: float, top_p: float, greedy: bool, suppress: list[int] = ()
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,9 +47,7 @@ def pick_tokens(
     That distribution is the tempered softmax without the ``suppress`` tokens (temperature 1 when greedy),
     before the nucleus cut: the quantity ``token_logprobs`` computes in training and vLLM reports.
     """
-    logits = logits.float() / (1.0 if greedy else temperature)
-    if suppress:
-        logits = logits.index_fill(-1, torch.tensor(list(suppress), device=logits.device), float("-inf"))
+    logits = sampling_logits(logits, 1.0 if greedy else temperature, suppress)
     logz = torch.logsumexp(logits, dim=-1)
     if greedy:
         tokens = logits.argmax(-1)

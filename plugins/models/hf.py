@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lmmr1_plugins.models.decode import sample
+from lmmr1_plugins.models.decode import sample, sampling_logits
 
 from lmmr1_core.contracts import ADAPTER, CRITIC, DATA_PARALLEL, REFERENCE, ROLLOUT_WEIGHTS
 from lmmr1_core.distributed import sum_gradients
@@ -102,9 +102,7 @@ def token_logprobs(
     sampled), so their logits are pushed far down, not to -inf: an env-written placeholder in a multi-turn
     completion must still get a finite (loss-masked) value.
     """
-    logits = logits.float() / temperature
-    if suppress:
-        logits = logits.index_fill(-1, torch.tensor(list(suppress), device=logits.device), -1e4)
+    logits = sampling_logits(logits, temperature, suppress, floor=-1e4)
     logz = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
     entropy = None
