@@ -149,9 +149,9 @@ class PhaseThreads:
         return min(self.candidates, key=lambda n: len(self.times[n]))  # alternate: fewest timings first
 
     def record(self, threads: int | None, seconds: float, work: float = 1.0) -> None:
-        rate = seconds / max(work, 1e-12)
         if len(self.candidates) == 1:
             return
+        rate = seconds / max(work, 1e-12)
         if self.chosen is not None:
             self.slow_calls = self.slow_calls + 1 if rate > self.slower * self.baseline else 0
             if self.slow_calls >= self.strikes:  # the machine changed under us: time both counts again

@@ -72,11 +72,11 @@ class LeanStep:
     ``None`` from ``build`` when the model is not one whose step it reproduces. The KV cache the prompt forward
     filled is copied once into buffers with room for every new token; each step writes one column.
 
-    On a CPU a step of a small batch costs its number of ops more than its arithmetic, so there it also
+    A step of a small batch costs its number of ops more than its arithmetic, so it rotates q and k together,
+    normalises with one fused RMSNorm, and attends with two small matmuls (for a single query
+    ``scaled_dot_product_attention``'s CPU kernel took 330 us where these take tens). On a CPU it also
     multiplies by q/k/v and by gate/up as one matrix each (weights concatenated once per generation, only
-    where those modules are plain ``Linear``: a LoRA layer is called as itself), rotates q and k together,
-    normalises with one fused RMSNorm, and attends with two small matmuls: for a single query
-    ``scaled_dot_product_attention``'s CPU kernel took 330 us where these take tens.
+    where those modules are plain ``Linear``: a LoRA layer is called as itself).
     """
 
     @staticmethod
@@ -120,8 +120,8 @@ class LeanStep:
         col, self.length = self.length, self.length + 1
         freqs = positions.float() * self.inv_freq.to(positions.device)  # [rows, half]
         emb = torch.cat([freqs, freqs], dim=-1).unsqueeze(1)  # [rows, 1, head dim]: broadcast over the heads
-        cos, sin = emb.cos() * self.scale, emb.sin() * self.scale
         h = self.text.embed_tokens(tokens)  # [rows, hidden]
+        cos, sin = (emb.cos() * self.scale).to(h.dtype), (emb.sin() * self.scale).to(h.dtype)  # once, not per layer
         # 0 where a position is attended, -inf where it is padding: [rows, 1, 1, positions]
         bias = torch.zeros(mask.shape[0], col + 1, dtype=torch.float32, device=h.device)
         bias = bias.masked_fill_(mask[:, : col + 1] == 0, float("-inf"))[:, None, None]
@@ -139,18 +139,14 @@ class _LeanLayer:
         self.kv_heads, self.scaling = attn.config.num_key_value_heads, attn.scaling
         self.input_norm, self.post_norm = _rms_norm(layer.input_layernorm), _rms_norm(layer.post_attention_layernorm)
         self.o_proj, self.down_proj = attn.o_proj, mlp.down_proj
-        self.qkv = _fused(attn.q_proj, attn.k_proj, attn.v_proj) if fuse else None
-        if self.qkv is None:
-            self.qkv = lambda x, q=attn.q_proj, k=attn.k_proj, v=attn.v_proj: torch.cat([q(x), k(x), v(x)], -1)
-        self.gate_up = _fused(mlp.gate_proj, mlp.up_proj) if fuse else None
-        if self.gate_up is None:
-            self.gate_up = lambda x, g=mlp.gate_proj, u=mlp.up_proj: torch.cat([g(x), u(x)], -1)
+        self.qkv = _projections(fuse, attn.q_proj, attn.k_proj, attn.v_proj)
+        self.gate_up = _projections(fuse, mlp.gate_proj, mlp.up_proj)
 
     def __call__(self, h, cos, sin, bias, keys, values, col: int) -> torch.Tensor:
         rows, H, KV, d = h.shape[0], self.heads, self.kv_heads, self.head_dim
         qkv = self.qkv(self.input_norm(h))  # [rows, (H + 2 KV) d]
         qk = qkv[:, : (H + KV) * d].view(rows, H + KV, d)
-        qk = qk * cos.to(qk) + _rotate_half(qk) * sin.to(qk)  # rotary on q and k at once
+        qk = qk * cos + _rotate_half(qk) * sin  # rotary on q and k at once
         keys[:, :, col] = qk[:, H:]
         values[:, :, col] = qkv[:, (H + KV) * d :].view(rows, KV, d)
         q = qk[:, :H].reshape(rows, KV, H // KV, d) * self.scaling  # query heads grouped by their kv head
@@ -162,10 +158,11 @@ class _LeanLayer:
         return h + self.down_proj(torch.nn.functional.silu(gate) * up)
 
 
-def _fused(*linears: torch.nn.Module):
-    """One matmul for several plain ``Linear`` layers on the same input (outputs concatenated), or None."""
-    if not all(type(m) is torch.nn.Linear for m in linears):
-        return None
+def _projections(fuse: bool, *linears: torch.nn.Module):
+    """Several projections of the same input, outputs concatenated: one matmul over their concatenated weights
+    where ``fuse`` and all are plain ``Linear`` layers, else each module called as itself (LoRA layers)."""
+    if not fuse or not all(type(m) is torch.nn.Linear for m in linears):
+        return lambda x: torch.cat([m(x) for m in linears], -1)
     weight = torch.cat([m.weight for m in linears])
     bias = None
     if any(m.bias is not None for m in linears):
