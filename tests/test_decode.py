@@ -201,3 +201,22 @@ def test_a_decoder_the_lean_step_does_not_know_takes_the_general_forward(backend
     monkeypatch.setattr(decode, "LEAN_MODEL_TYPES", set())
     built, ((lean_tokens, _), (tokens, _)) = _sample_both_ways(backends["text"], "text", monkeypatch)
     assert built == [None] and lean_tokens == tokens
+
+
+def test_draw_samples_in_proportion_never_a_zero_and_refuses_nan():
+    """The inverse-CDF sampler: frequencies match the (unnormalised) probabilities, entries of zero mass,
+    the first and the last among them, are never drawn, and NaN probabilities are an error, not a token."""
+    from lmmr1_plugins.models.decode import draw
+
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.25, 0.0, 1.25, 0.0])  # sums to 2: need not be normalised
+    torch.manual_seed(0)
+    counts = torch.bincount(draw(probs.expand(200_000, -1).contiguous()), minlength=7).double()
+    assert counts[probs == 0].sum() == 0
+    expected = probs.double() / probs.sum() * 200_000
+    seen = probs > 0
+    chi2 = float(((counts[seen] - expected[seen]) ** 2 / expected[seen]).sum())
+    assert chi2 < 13.8  # chi-square, 2 degrees of freedom: p = 0.001
+    with pytest.raises(ValueError, match="NaN"):
+        draw(torch.tensor([[0.5, float("nan")]]))
+    with pytest.raises(ValueError, match="all zero"):
+        draw(torch.zeros(1, 3))

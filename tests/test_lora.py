@@ -193,9 +193,12 @@ def test_megatron_refuses_lora(tiny_text):
 
 def test_quickstart_rl_with_lora_still_rises(tmp_path):
     """The README's quickstart, its rl stage trained through LoRA adapters (r 32, lr 1e-3) for the same 160
-    steps: the reward rises (measured: 0.36 in the first quarter, 0.54 in the last; all weights pass 0.2 in
-    test_quickstart). The sft warm-up trains all weights: LoRA adapts a trained model, and cannot teach a
-    random one its format (the warm-up's loss stalls near 3.9 with adapters, 0.4 without)."""
+    steps: the reward rises from the first quarter to the last. Measured over stage seeds 0-2 with two
+    samplers (inverse-CDF and torch.multinomial, so six random streams): rises of 0.14-0.19, from about 0.35
+    to 0.50-0.54 (all weights pass 0.2 in test_quickstart). The bar, 0.1, is under every one of those, and far
+    above the noise of a quarter's mean (per-step rewards vary by 0.05: about 0.01 over 40 steps).
+    The sft warm-up trains all weights: LoRA adapts a trained model, and cannot teach a random one its format
+    (the warm-up's loss stalls near 3.9 with adapters, 0.4 without)."""
     quickstart = yaml.safe_load((ROOT / "stages/quickstart.yaml").read_text())
     warmup = {**quickstart, "stages": {"warmup": quickstart["stages"]["warmup"]}}
     fre = {k: v for k, v in quickstart["stages"]["fre"].items() if k != "init_from"}
@@ -213,7 +216,7 @@ def test_quickstart_rl_with_lora_still_rises(tmp_path):
     q = len(rows) // 4
     first = sum(r["reward/mean"] for r in rows[:q]) / q
     last = sum(r["reward/mean"] for r in rows[-q:]) / q
-    assert last - first >= 0.15, (first, last)
+    assert last - first >= 0.1, (first, last)
     final = Path(tmp_path / "runs/quickstart_lora/fre/final")
     assert (final / "model.safetensors").exists() and (final / "adapter/adapter_model.safetensors").exists()
 
