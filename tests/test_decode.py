@@ -220,3 +220,23 @@ def test_draw_samples_in_proportion_never_a_zero_and_refuses_nan():
         draw(torch.tensor([[0.5, float("nan")]]))
     with pytest.raises(ValueError, match="all zero"):
         draw(torch.zeros(1, 3))
+
+
+def test_a_prompt_sampled_many_times_is_read_once_and_each_sample_still_gets_its_logprobs(backends):
+    """A GRPO batch repeats each prompt group_size times: the prompt forward runs over the distinct prompts
+    only, every row still gets its own sample, and each token's log-prob equals the training forward's."""
+    b = backends["text"]
+    prompts = [p for p in prompts_of(b, "text")[:2] for _ in range(4)]  # two prompts, four samples each
+    batch = b._batch(prompts)
+    seen = []
+    hook = b.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape), with_kwargs=True)
+    try:
+        torch.manual_seed(0)
+        comps, logps = sample(b.model, batch, 8, temperature=1.0, eos_ids=set(), suppress=b.suppress)
+    finally:
+        hook.remove()
+    assert seen[0][0] == 2  # the prompt forward: one row per distinct prompt
+    assert len({tuple(c) for c in comps[:4]}) > 1  # the samples of one prompt differ
+    with torch.no_grad():
+        ref, _, _ = b.logprobs(prompts, comps, temperature=1.0)
+    torch.testing.assert_close(torch.tensor(logps), ref, atol=2e-5, rtol=0)
