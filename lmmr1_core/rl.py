@@ -282,7 +282,8 @@ def run_rl(ctx: StageContext) -> None:
         t_gen = time.perf_counter() - t0
         # 2-3. Old and reference log-probs, critic values, advantages.
         t1 = time.perf_counter()
-        targets = make_targets(ctx, algorithm, ro, reuse_old=updates_per_step == 1)
+        with torch.no_grad():  # no graph for the old policy's forward, and the thread tuner's "scoring" phase
+            targets = make_targets(ctx, algorithm, ro, reuse_old=updates_per_step == 1)
         # 4. Updates: epochs x mini-batches optimizer steps, each accumulated over micro-batches.
         stats = update_policy(ctx, algorithm, ro, targets, optimizer, scheduler)
         t_train = time.perf_counter() - t1
