@@ -12,7 +12,9 @@ reward. Each run is a fresh process (``lmmr1 run`` on a stage file; TRL through 
 its own thread settings as a user's run would (``--trl-env`` and ``--lmmr1-env`` add to a side's environment:
 lmmr1's CLI sets ``GOMP_SPINCOUNT=20000`` unless a spin count or wait policy is set: the same setting on both
 compares the code paths alone). The first
-``--warmup`` steps are left out; the table shows each side's median and max seconds per step and lmmr1 / TRL.
+``--warmup`` steps are left out; the table shows each side's median and max seconds per step and lmmr1 / TRL
+(with ``--repeats`` N, the sides alternate and each pair of runs' ratio of medians is listed too: other jobs on
+a shared machine move a single run's median by 15% or more).
 Then the same again while a competing 2-thread torch process, started here, keeps the CPUs busy for the
 duration (another user's job, or another rank).
 """
@@ -181,7 +183,8 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {}
     print(f"CPUs usable: {len(os.sched_getaffinity(0))}; {BATCH} prompts x {GROUP} samples, KL {KL}, "
           f"{args.steps} steps per run, first {args.warmup} left out, {args.repeats} run(s) per side")  # fmt: skip
-    head = f"{'condition':12s} {'model':16s} {'TRL median/max s':>18s} {'lmmr1 median/max s':>20s} {'lmmr1/TRL':>10s}"
+    head = (f"{'condition':12s} {'model':16s} {'TRL median/max s':>18s} {'lmmr1 median/max s':>20s} {'lmmr1/TRL':>10s}"
+            f"  {'per pair of runs':>16s}")
     print(head)
     with tempfile.TemporaryDirectory(prefix="cmp-models-") as models:
         for hidden, layers, new_tokens in sizes:
@@ -192,22 +195,26 @@ def main() -> None:
                     competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR])
                     time.sleep(3)  # past its import
                 try:
-                    runs = {"trl": [], "lmmr1": []}
+                    runs, pairs = {"trl": [], "lmmr1": []}, []
                     for _ in range(args.repeats):
+                        pair = {}
                         for side in runs:
                             total = args.steps + args.warmup
                             sets = args.lmmr1_set if side == "lmmr1" else []
                             env = args.trl_env if side == "trl" else args.lmmr1_env
-                            runs[side] += run_side(side, model, new_tokens, total, sets, env)[args.warmup :]
+                            pair[side] = run_side(side, model, new_tokens, total, sets, env)[args.warmup :]
+                            runs[side] += pair[side]
+                        pairs.append(statistics.median(pair["lmmr1"]) / statistics.median(pair["trl"]))
                 finally:
                     if competitor is not None:
                         competitor.kill()
                         competitor.wait()
                 label = f"h{hidden} l{layers} t{new_tokens}"
-                results[f"{cond} {label}"] = runs
+                results[f"{cond} {label}"] = {**runs, "pair_ratios": pairs}
                 (tm, tx), (lm, lx) = summary(runs["trl"]), summary(runs["lmmr1"])
-                print(f"{cond:12s} {label:16s} {tm:>9.3f} / {tx:<6.3f} {lm:>11.3f} / {lx:<6.3f} {lm / tm:>10.2f}",
-                      flush=True)  # fmt: skip
+                spread = " ".join(f"{r:.2f}" for r in pairs) if len(pairs) > 1 else ""
+                print(f"{cond:12s} {label:16s} {tm:>9.3f} / {tx:<6.3f} {lm:>11.3f} / {lx:<6.3f} {lm / tm:>10.2f}"
+                      f"  {spread:>16s}", flush=True)  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
