@@ -229,9 +229,7 @@ def distinct_rows(batch: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Ten
     each = [index.setdefault((tuple(i), tuple(m)), len(index)) for i, m in zip(ids.tolist(), mask.tolist())]
     if len(index) == len(each):
         return None, None
-    first = [0] * len(index)
-    for row in reversed(range(len(each))):
-        first[each[row]] = row
+    first = [each.index(k) for k in range(len(index))]
     return torch.tensor(first, device=ids.device), torch.tensor(each, device=ids.device)
 
 
