@@ -7,6 +7,8 @@ Why not ``model.generate``:
   vocabulary) to be reduced afterwards;
 - rows that have ended leave the batch (their KV-cache rows with them), so one long completion does not
   drag every finished row through each remaining step;
+- the prompt forward runs once per distinct prompt (``distinct_rows``: GRPO repeats each one), and a token
+  is drawn from one uniform number per row (``draw``), not ``torch.multinomial``'s one per vocabulary entry;
 - on a CPU the one-token steps run on the thread count that is faster for them (``PhaseThreads``), which is
   often fewer than the prompt's forward wants;
 - less Python per token: no logits-processor and stopping-criteria lists, and for Llama-family decoders
