@@ -57,7 +57,7 @@ def main() -> None:
     """lmmr1: verifiable-reward RL for (multimodal) language models, built from plugins."""
     from lmmr1_core.threads import prepare_environment
 
-    prepare_environment()  # before anything loads torch: OpenMP reads its spin count once, at load
+    prepare_environment()  # before anything loads torch: OpenMP and MKL read their settings once, at load
 
 
 @main.command()

@@ -19,7 +19,13 @@ step 50-200x slower at random whenever another busy process shares the CPUs. So:
   microseconds late for each: measured on 2 cores (README, Benchmarks), a quiet step at hidden 256 took 0.74 s
   at 20,000 spins, 0.81-1.03 s at OpenMP's default and 1.06 s passive. When another busy process arrives in
   the middle of a run, threads that spin for milliseconds held one step up 25x before the 1-thread fallback
-  took over; 0.2 ms of spinning, like none, kept every step within 2.2x.
+  took over; 0.2 ms of spinning, like none, kept every step within 2.2x;
+- MKL's matrix products are made independent of the thread count (``MKL_CBWR=AUTO,STRICT``, Intel's
+  conditional numerical reproducibility, set beside the spin count unless the user set ``MKL_CBWR``): by
+  default MKL rounds some products differently on 1 and 2 threads (measured: ``[M, K] @ [K, N]`` with M of
+  5-7 or 9-11 rows, a decode step's batch), so a tuned run took different samples from a run that tuned
+  differently, and a resumed run no longer equalled an uninterrupted one. Measured cost at hidden 256:
+  within the noise of a step (README, Benchmarks).
 
 Nothing here imports torch at module level: ``prepare_environment`` runs before torch is loaded.
 """
@@ -34,13 +40,19 @@ from pathlib import Path
 OPENMP_SPIN = {"GOMP_SPINCOUNT": "20000"}
 """What the CLI puts in the environment before torch loads, unless the user chose a wait policy or spin count."""
 
+MKL_REPRODUCIBLE = {"MKL_CBWR": "AUTO,STRICT"}
+"""Also put there unless the user set ``MKL_CBWR``: MKL's products the same on any number of threads."""
+
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
 def prepare_environment(env: MutableMapping[str, str] = os.environ) -> None:
-    """A short OpenMP spin for this process and its children; call before torch is imported."""
+    """A short OpenMP spin and thread-count-independent MKL products for this process and its children; call
+    before torch is imported (both libraries read these once, when they load)."""
     if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
         env.update(OPENMP_SPIN)
+    if "MKL_CBWR" not in env:
+        env.update(MKL_REPRODUCIBLE)
 
 
 def cgroup_cpu_quota(root: str | Path = CGROUP_ROOT) -> float | None:
@@ -125,8 +137,11 @@ class PhaseThreads:
     was chosen (per unit of work) start the tuning again, so a process that arrives mid-run is answered within
     a few calls.
 
-    On this machine's torch (MKL, OpenMP) results were bit-for-bit the same on 1 and 2 threads, so tuning does
-    not change what a run computes (a resumed run still equals an uninterrupted one, tests/test_run.py).
+    The thread count must not change what a run computes (a resumed run equals an uninterrupted one,
+    tests/test_reliability.py): with MKL in its reproducible mode (``prepare_environment``) torch's CPU ops
+    gave bit-for-bit the same results on 1 and 2 threads here, generation included (tests/test_threads.py).
+    Without it they did not. Not covered: a ``linear`` of 2-3 rows onto an output size that is no multiple of
+    8 (523 still differed), and torch without MKL (ARM): ``tune=False`` where runs must repeat exactly.
     ``full=None`` (a GPU backend) leaves torch's count alone; ``tune=False`` always uses ``full``.
     """
 

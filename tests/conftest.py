@@ -4,7 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from lmmr1_core.threads import prepare_environment
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+prepare_environment()  # as the CLI does, before anything loads torch: in-process runs compute what CLI runs do
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # tests/helper_plugins.py holds module-level (forkable) test rewards
 

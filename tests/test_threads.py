@@ -75,11 +75,14 @@ def test_model_threads_is_a_checked_option():
 def test_a_short_openmp_spin_is_set_before_torch_loads_and_a_users_choice_is_kept():
     env = {}
     threads.prepare_environment(env)
-    assert env == {"GOMP_SPINCOUNT": "20000"}
+    assert env == {"GOMP_SPINCOUNT": "20000", "MKL_CBWR": "AUTO,STRICT"}
     for users in ({"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "300000"}):
         env = dict(users)
         threads.prepare_environment(env)
-        assert env == users  # a spin count would override the user's policy: none is added
+        assert env == {**users, "MKL_CBWR": "AUTO,STRICT"}  # a spin count would override the user's policy
+    env = {"MKL_CBWR": "COMPATIBLE"}
+    threads.prepare_environment(env)
+    assert env["MKL_CBWR"] == "COMPATIBLE"
     # the CLI sets it before anything imports torch (OpenMP reads it once, when torch loads)
     probe = """
 import os, sys
@@ -88,7 +91,7 @@ class Watch:  # what GOMP_SPINCOUNT is when torch is first imported
     seen = "torch not loaded"
     def find_spec(self, name, path=None, target=None):
         if name == "torch" and Watch.seen == "torch not loaded":
-            Watch.seen = os.environ.get("GOMP_SPINCOUNT")
+            Watch.seen = f"{os.environ.get('GOMP_SPINCOUNT')} {os.environ.get('MKL_CBWR')}"
         return None
 
 sys.meta_path.insert(0, Watch())
@@ -99,9 +102,31 @@ except SystemExit:
     pass
 print(Watch.seen)
 """
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_CBWR")}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=clean, check=True)
-    assert out.stdout.split() == ["20000"]
+    assert out.stdout.split() == ["20000", "AUTO,STRICT"]
+
+
+@pytest.mark.parametrize("rows", [7, 10])
+def test_generation_is_the_same_on_one_thread_and_two(tiny_text, rows):
+    """The thread tuner switches counts mid-run, so they must not change what is sampled. MKL rounded a
+    [7 or 10 rows, K] product differently on 1 and 2 threads until conftest, like the CLI, set MKL_CBWR."""
+    from lmmr1_plugins.models.decode import sample
+    from lmmr1_plugins.models.hf import HFBackend
+
+    backend = HFBackend(str(tiny_text), tune_threads=False)
+    backend.model.eval()
+    prompts = [backend.encode([{"role": "user", "content": f"What is {i} + {3 * i}?"}]) for i in range(rows)]
+    batch = backend._batch(prompts)
+    before, seen = torch.get_num_threads(), []
+    try:
+        for n in (1, 2, 1, 2):
+            torch.set_num_threads(n)
+            torch.manual_seed(0)
+            seen.append(sample(backend.model, batch, 12, eos_ids=backend.eos_ids))
+    finally:
+        torch.set_num_threads(before)
+    assert seen[0] == seen[1] == seen[2] == seen[3]  # tokens and their log-probs, bit for bit
 
 
 def report_threads(prompts, completions, **kwargs):
