@@ -238,7 +238,9 @@ class Reward(Protocol):
     parameters. ``conversational = True`` on the function asks for TRL's conversational completions
     (``[[{"role": "assistant", "content": text}], ...]``) instead of strings. Worker processes call a
     reward one sample at a time (so a time limit costs only the slow sample); ``batched = True`` asks
-    for one call per worker's chunk instead (a remote scorer taking a batch per request).
+    for one call per worker's chunk instead (a remote scorer taking a batch per request). ``warmup``, a
+    function of no arguments, runs once in the trainer before the workers start: they fork from it with
+    whatever it loaded (a parser's tables, lazily imported modules), and a step does not wait for that.
     """
 
     def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]: ...

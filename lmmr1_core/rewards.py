@@ -132,6 +132,22 @@ class _Process:
         self.kill()
 
 
+_WARMED: set = set()  # the warmups that have run in this process
+
+
+def warm_up(name: str, warmup: Any) -> None:
+    """The reward's ``warmup``, if it has one and it has not run in this process. A failure is a warning:
+    warming only saves time."""
+    if not callable(warmup) or warmup in _WARMED:
+        return
+    _WARMED.add(warmup)
+    try:
+        warmup()
+    except Exception as exc:
+        print(f"warning: reward {name!r}: its warmup failed ({type(exc).__name__}: {exc}); scoring goes on",
+              file=sys.stderr)  # fmt: skip
+
+
 class RewardWorkers:
     """One reward, ``workers`` processes; a batch is split into one chunk per process.
 
@@ -143,6 +159,7 @@ class RewardWorkers:
 
     def __init__(self, name: str, fn: Any, timeout_s: float, workers: int | None = None) -> None:
         self.name, self.timeout_s = name, timeout_s
+        warm_up(name, getattr(fn, "warmup", None))  # before the workers fork from this process
         self.procs = [_Process(name, fn) for _ in range(workers or default_workers())]
         self.stats = RewardStats()
 
@@ -284,6 +301,7 @@ class _TRLCall:
     def __init__(self, fn: Any, conversational: bool) -> None:
         self.fn, self.conversational = fn, conversational
         self.batched = getattr(getattr(fn, "func", fn), "batched", False) is True  # declared by the reward
+        self.warmup = getattr(getattr(fn, "func", fn), "warmup", None)
         try:
             params = inspect.signature(fn).parameters.values()
             self.takes_state = any(p.name == "trainer_state" or p.kind is p.VAR_KEYWORD for p in params)

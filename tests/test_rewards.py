@@ -1,7 +1,7 @@
 import re
 
 import pytest
-from helper_plugins import always_one, hangs_on_seven, raises_on_seven, wrong_length
+from helper_plugins import always_one, hangs_on_seven, raises_on_seven, warmed_before_fork, warmup_fails, wrong_length
 
 from lmmr1_core import hookimpl, load_reward
 from lmmr1_core.errors import RewardError
@@ -188,3 +188,24 @@ def test_reward_returning_wrong_length_is_a_clear_error():
             rs(["p", "p"], ["a", "b"], {"id": ["x", "y"]})
     finally:
         rs.close()
+
+
+def test_a_rewards_warmup_runs_once_in_the_trainer_and_the_workers_fork_warm():
+    sets = [RewardSet([LoadedReward("warm", warmed_before_fork, 1.0, 5.0, 2)]) for _ in range(2)]
+    try:
+        for rs in sets:
+            totals, _ = rs(["p"] * 3, ["a", "b", "c"], {"id": ["x", "y", "z"]})
+            assert totals == [1.0, 1.0, 1.0]
+    finally:
+        for rs in sets:
+            rs.close()
+
+
+def test_a_warmup_that_fails_is_a_warning_and_scoring_goes_on(capsys):
+    rs = RewardSet([LoadedReward("cold", warmup_fails, 1.0, 5.0, 1)])
+    try:
+        assert rs(["p"], ["a"], {"id": ["x"]})[0] == [0.25]
+    finally:
+        rs.close()
+    assert "warning: reward 'cold': its warmup failed (OSError: no such table); scoring goes on" in (
+        capsys.readouterr().err)  # fmt: skip
