@@ -152,3 +152,17 @@ def test_math_verify_settings_are_options():
     assert math("<answer>0.3333</answer>", "\\frac{1}{3}", float_rounding=4) == 1.0
     assert math("<answer>f(y)</answer>", "f(x)") == 0.0
     assert math("<answer>f(y)</answer>", "f(x)", strict=False) == 1.0
+
+
+@pytest.mark.parametrize("word", ["tan", "finadngth", "pi", "answer", "inf", "nan", "oo", "xe", "Ie", "ee", "II"])
+@pytest.mark.parametrize("gold", ["12", "7.389056", "-1", "3.141593", "0"])
+def test_a_bare_word_against_a_number_is_decided_as_math_verify_decides_it(word, gold):
+    """Words are decided without sympy (a common answer of an untrained model, 25-50 ms each in sympy),
+    except those made of e and i alone, which sympy reads as constants ("ee" is e^2, "II" is -1)."""
+    import math_verify
+    from lmmr1_plugins.rewards.numbers import fast_equal
+
+    fast = fast_equal(gold, word)
+    assert fast is (False if set(word) - set("eEiI") else None)
+    verdict = math_verify.verify(math_verify.parse(gold), math_verify.parse(f"${word}$"), float_rounding=6)
+    assert math(f"<answer>{word}</answer>", gold) == float(verdict)
