@@ -136,8 +136,8 @@ _WARMED: set = set()  # the warmups that have run in this process
 
 
 def warm_up(name: str, warmup: Any) -> None:
-    """The reward's ``warmup``, if it has one and it has not run in this process. A failure is a warning:
-    warming only saves time."""
+    """The reward's ``warmup``, if it has one and it has not run in this process (a set lookup after the first
+    call). A failure is a warning: warming only saves time."""
     if not callable(warmup) or warmup in _WARMED:
         return
     _WARMED.add(warmup)
@@ -159,7 +159,6 @@ class RewardWorkers:
 
     def __init__(self, name: str, fn: Any, timeout_s: float, workers: int | None = None) -> None:
         self.name, self.timeout_s = name, timeout_s
-        warm_up(name, getattr(fn, "warmup", None))  # before the workers fork from this process
         self.procs = [_Process(name, fn) for _ in range(workers or default_workers())]
         self.stats = RewardStats()
 
@@ -186,6 +185,9 @@ class RewardWorkers:
         )
 
     def score(self, prompts: list, completions: list[str], columns: dict[str, list]) -> list[float | None]:
+        # before the first worker forks from this process: on first use, not when the stage sets up, so a run
+        # stopped then (SIGTERM outside a step's checkpointing) has not started it
+        warm_up(self.name, getattr(self.procs[0].fn, "warmup", None))
         if getattr(self.procs[0].fn, "batched", False):
             return self._score_chunks(prompts, completions, columns)
         n = len(completions)
