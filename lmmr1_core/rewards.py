@@ -296,14 +296,20 @@ class LoadedReward:
     conversational: bool = False  # completions as TRL's conversational format, not strings
 
 
+def declared(fn: Any, attribute: str, default: Any = None) -> Any:
+    """What the reward function declares in ``attribute`` (``batched``, ``warmup``, ``conversational``), also
+    when stage-file options bound it in a ``functools.partial``."""
+    return getattr(getattr(fn, "func", fn), attribute, default)
+
+
 class _TRLCall:
     """Calls a reward the way TRL does: ``trainer_state`` when the reward takes it (by name or ``**kwargs``),
     and completions as ``[{"role": "assistant", "content": text}]`` when it is conversational."""
 
     def __init__(self, fn: Any, conversational: bool) -> None:
         self.fn, self.conversational = fn, conversational
-        self.batched = getattr(getattr(fn, "func", fn), "batched", False) is True  # declared by the reward
-        self.warmup = getattr(getattr(fn, "func", fn), "warmup", None)
+        self.batched = declared(fn, "batched") is True
+        self.warmup = declared(fn, "warmup")
         try:
             params = inspect.signature(fn).parameters.values()
             self.takes_state = any(p.name == "trainer_state" or p.kind is p.VAR_KEYWORD for p in params)
@@ -334,8 +340,8 @@ class RewardSet:
         loaded = []
         for r in specs:
             fn = load_reward(r.name, **resolve(r.reward_config(), f"rewards.{r.name}"))  # ${env:...} read now
-            conversational = r.completions == "conversational" if r.completions else getattr(
-                getattr(fn, "func", fn), "conversational", False) is True  # fmt: skip
+            conversational = (r.completions == "conversational" if r.completions
+                              else declared(fn, "conversational") is True)  # fmt: skip
             loaded.append(LoadedReward(r.name, fn, r.weight, r.timeout_s, r.workers, conversational))
         return cls(loaded)
 
